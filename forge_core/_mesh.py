@@ -1,0 +1,533 @@
+"""Process meshes, actor meshes, and the endpoint adverbs users call on them.
+
+``spawn_procs`` and ``spawn`` return at once, from sync and async code alike: the processes
+and actors come up on the home loop in the background, and the first call waits for them.
+Once a mesh is up, a call from a running event loop is one pickle and one write per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import itertools
+import uuid
+import weakref
+from typing import Any, AsyncIterator
+
+from . import _messages as m
+from . import _wire
+from ._actors import current_point
+from ._endpoint import EndpointSpec, NotReady, encode_call, endpoints_of
+from ._future import Future
+from ._procs import launch
+from ._runtime import Runtime, on_home_loop, spawn_error
+from ._shape import Point, ValueMesh, check_sizes, nelement, points, select
+from .errors import ForgeError, SupervisionError
+from .transport import ProcInfo
+
+_get_running_loop = asyncio._get_running_loop
+
+# Owned process meshes that have not been stopped (tests stop what a test leaves behind).
+_live_meshes: "weakref.WeakSet[ProcMesh]" = weakref.WeakSet()
+
+_ONE, _CHOOSE, _ALL, _BROADCAST = range(4)
+
+
+def _resolved(value: Any) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+async def _wait(future: concurrent.futures.Future) -> Any:
+    if future.done():
+        return future.result()
+    return await asyncio.wrap_future(future)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process meshes
+
+
+class ProcMesh:
+    """One OS process per point of a mesh of named dimensions."""
+
+    def __init__(self, sizes: dict[str, int], procs: concurrent.futures.Future,
+                 indices: list[int], children: list | None = None, owner: bool = False,
+                 transport: str | None = None):
+        self._sizes = sizes
+        self._procs = procs  # resolves to the ProcInfo of every process of the root mesh
+        self._indices = indices  # which of them belong to this (possibly sliced) mesh
+        self._children = children if children is not None else []  # ChildProc, owner only
+        self._owner = owner
+        self._transport = transport
+        self._stopped = False
+
+    # -- shape --------------------------------------------------------------------------------
+    @property
+    def extent(self) -> dict[str, int]:
+        return dict(self._sizes)
+
+    sizes = extent
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def slice(self, **dims: Any) -> "ProcMesh":
+        sizes, indices = select(self._sizes, self._indices, dims)
+        return ProcMesh(sizes, self._procs, indices, self._children, self._owner, self._transport)
+
+    @property
+    def initialized(self) -> Future[None]:
+        """Resolves once every process is up (the first call waits for this anyway)."""
+        return _future_of(self._procs, lambda _: None)
+
+    # -- actors -------------------------------------------------------------------------------
+    def spawn(self, name: str, actor_class: type, *args: Any, **kwargs: Any) -> "ActorMesh":
+        """One ``actor_class(*args, **kwargs)`` in every process of this mesh."""
+        if not isinstance(actor_class, type):
+            raise TypeError(f"spawn(name, ActorClass, *args, **kwargs): {actor_class!r} is not a class")
+        try:
+            inspect.signature(actor_class).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{actor_class.__name__}{inspect.signature(actor_class)}: {exc}") from None
+        try:
+            _wire.dumps((actor_class, args, kwargs))
+        except NotReady:
+            pass  # a mesh handle among the arguments is still starting: the spawn waits for it
+        except Exception as exc:
+            raise TypeError(f"the arguments of {actor_class.__name__} cannot be pickled: {exc}") from exc
+        actor_id = f"{name}.{uuid.uuid4().hex[:12]}".encode()
+        spawned: concurrent.futures.Future = concurrent.futures.Future()
+        mesh = ActorMesh(actor_class.__name__, endpoints_of(actor_class), actor_id, self._sizes,
+                         spawned, self._transport)
+        on_home_loop(lambda: self._spawn_actors(actor_id, actor_class, args, kwargs, spawned))
+        return mesh
+
+    async def _spawn_actors(self, actor_id: bytes, actor_class: type, args: tuple, kwargs: dict,
+                            spawned: concurrent.futures.Future) -> None:
+        try:
+            every = await _wait(self._procs)
+            targets = [every[i] for i in self._indices]
+            runtime = Runtime.get()
+            loop = asyncio.get_running_loop()
+            replies = []
+            for info, point in zip(targets, points(self._sizes) if self._sizes else [Point({}, {})]):
+                payload, buffers = await _dumps_when_ready(
+                    (actor_class, args, kwargs, dict(point), self._sizes))
+                channel = runtime.channel(info, loop, self._transport)
+                replies.append(channel.request(m.SPAWN, actor_id, payload, buffers))
+            errors: list[BaseException | None] = []
+            for reply in await asyncio.gather(*replies, return_exceptions=True):
+                if isinstance(reply, BaseException):
+                    errors.append(reply)
+                    continue
+                try:
+                    m.decode_reply(*reply)
+                    errors.append(None)
+                except Exception as exc:
+                    errors.append(exc)
+            spawned.set_result((targets, errors))
+        except BaseException as exc:
+            spawned.set_exception(exc)
+
+    # -- stopping -----------------------------------------------------------------------------
+    def stop(self) -> Future[None]:
+        """End every process of this mesh (within 5 s; killed after that)."""
+        self._stopped = True
+        _live_meshes.discard(self)
+        return Future(concurrent=on_home_loop(self._stop))
+
+    async def _stop(self) -> None:
+        runtime = Runtime.get()
+        if self._owner:
+            children = [self._children[i] for i in self._indices if i < len(self._children)]
+            await asyncio.gather(*(child.stop() for child in children))
+            for child in children:
+                if child.info is not None:
+                    runtime.mark_dead(child.info.proc_id, "stopped")
+            return
+        try:  # not ours: ask each process to exit
+            every = await asyncio.wait_for(_wait(self._procs), 5)
+        except Exception:
+            return
+        loop = asyncio.get_running_loop()
+        asks = [runtime.channel(every[i], loop).request(m.STOP, b"", *_wire.dumps(None))
+                for i in self._indices if every[i].proc_id != runtime.info.proc_id]
+        await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 5)
+
+    async def __aenter__(self) -> "ProcMesh":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+    def __enter__(self) -> "ProcMesh":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop().get(timeout=30)
+
+    def __reduce__(self):
+        if not self._procs.done():
+            raise NotReady(self._procs)
+        return (_rebuild_proc_mesh, (self._sizes, self._procs.result(), self._indices,
+                                     self._transport))
+
+    def __repr__(self) -> str:
+        return f"<ProcMesh {self._sizes}>"
+
+
+def _rebuild_proc_mesh(sizes, infos, indices, transport):
+    return ProcMesh(sizes, _resolved(infos), indices, transport=transport)
+
+
+async def _dumps_when_ready(obj: Any) -> tuple[bytes, list]:
+    while True:
+        try:
+            return _wire.dumps(obj)
+        except NotReady as pending:
+            await _wait(pending.ready)
+
+
+def _future_of(source: concurrent.futures.Future, convert) -> Future:
+    out: concurrent.futures.Future = concurrent.futures.Future()
+
+    def done(f: concurrent.futures.Future) -> None:
+        if f.exception() is not None:
+            out.set_exception(f.exception())
+        else:
+            out.set_result(convert(f.result()))
+
+    source.add_done_callback(done)
+    return Future(concurrent=out)
+
+
+def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] | None = None,
+                transport: str | None = None) -> ProcMesh:
+    """Start one OS process per point of ``per_host`` on this host, e.g. ``{"gpus": 8}``.
+
+    Returns at once; the processes start in parallel in the background. ``env`` is added to
+    every process's environment; ``transport`` forces a transport by name for this mesh.
+    """
+    sizes = check_sizes(per_host if per_host is not None else {"procs": 1})
+    runtime = Runtime.get()
+    count = nelement(sizes)
+    procs: concurrent.futures.Future = concurrent.futures.Future()
+    mesh = ProcMesh(sizes, procs, list(range(count)), owner=True, transport=transport)
+
+    def start() -> None:
+        envs = []
+        for rank, point in enumerate(points(sizes)):
+            child_env = {"FORGE_MESH_RANK": str(rank), "FORGE_MESH_SIZE": str(count)}
+            child_env.update(env or {})
+            envs.append(child_env)
+        try:
+            mesh._children[:] = launch(runtime, envs)
+        except BaseException as exc:
+            procs.set_exception(exc)
+            return
+
+        async def all_up() -> None:
+            try:
+                infos = await asyncio.gather(*(c.ready for c in mesh._children))
+            except BaseException as exc:
+                procs.set_exception(exc)
+                for child in mesh._children:
+                    child.close_lifeline()
+            else:
+                procs.set_result(list(infos))
+
+        runtime.home_loop.create_task(all_up())
+
+    runtime.home_loop.call_soon_threadsafe(start)
+    _live_meshes.add(mesh)
+    return mesh
+
+
+class HostMesh:
+    """Hosts that can start processes. ``this_host()`` is the local one."""
+
+    def __init__(self, hosts: list[str]):
+        self._hosts = hosts
+
+    @property
+    def extent(self) -> dict[str, int]:
+        return {"hosts": len(self._hosts)}
+
+    sizes = extent
+
+    def spawn_procs(self, per_host: dict[str, int] | None = None, **options: Any) -> ProcMesh:
+        if self._hosts != ["localhost"]:
+            return spawn_cluster_procs(self._hosts, per_host, **options)
+        return spawn_procs(per_host, **options)
+
+    def __repr__(self) -> str:
+        return f"<HostMesh {self._hosts}>"
+
+
+def this_host() -> HostMesh:
+    return HostMesh(["localhost"])
+
+
+def this_proc() -> ProcMesh:
+    """The calling process, as a mesh of one: ``this_proc().spawn(...)`` runs an actor here."""
+    runtime = Runtime.get()
+    return ProcMesh({}, _resolved([runtime.info]), [0])
+
+
+def spawn_cluster_procs(hosts: list[str], per_host: dict[str, int] | None = None,
+                        **options: Any) -> ProcMesh:
+    """Processes on several hosts, ranks numbered continuously across them.
+
+    Only local host names are served by this release; other hosts need a ``forge agent``
+    running on them, which is not implemented yet.
+    """
+    local = {"localhost", "127.0.0.1", "::1"}
+    remote = [h for h in hosts if h not in local]
+    if remote:
+        raise ForgeError(f"cannot reach hosts {remote}: spawning on other hosts needs a "
+                         f"`forge agent` on each of them, which this release does not have yet")
+    sizes = {"hosts": len(hosts), **check_sizes(per_host or {"procs": 1})}
+    return spawn_procs(sizes, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Actor meshes
+
+
+class ActorMesh:
+    """One actor per process of a ProcMesh. Endpoints are attributes: ``mesh.get.call()``."""
+
+    def __init__(self, class_name: str, endpoints: dict[str, EndpointSpec], actor_id: bytes,
+                 sizes: dict[str, int], spawned: concurrent.futures.Future,
+                 transport: str | None = None, indices: list[int] | None = None):
+        self._class_name = class_name
+        self._endpoints = endpoints
+        self._actor_id = actor_id
+        self._sizes = sizes
+        self._spawned = spawned  # resolves to (targets, errors) of the whole spawned mesh
+        self._transport = transport
+        self._indices = indices
+        self._next = itertools.count()
+        self._ready_targets: list[ProcInfo] | None = None  # cached once spawned, for the hot path
+
+    def __getattr__(self, name: str) -> "EndpointRef":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        spec = self._endpoints.get(name)
+        if spec is None:
+            raise AttributeError(
+                f"{self._class_name} has no endpoint {name!r}; its endpoints are "
+                f"{sorted(self._endpoints) or 'none (mark methods with @endpoint)'}")
+        ref = EndpointRef(self, spec)
+        self.__dict__[name] = ref  # next time, plain attribute lookup finds it
+        return ref
+
+    @property
+    def extent(self) -> dict[str, int]:
+        return dict(self._sizes)
+
+    sizes = extent
+
+    def __len__(self) -> int:
+        return nelement(self._sizes) if self._indices is None else len(self._indices)
+
+    def slice(self, **dims: Any) -> "ActorMesh":
+        indices = self._indices if self._indices is not None else list(range(nelement(self._sizes)))
+        sizes, picked = select(self._sizes, indices, dims)
+        return ActorMesh(self._class_name, self._endpoints, self._actor_id, sizes, self._spawned,
+                         self._transport, picked)
+
+    @property
+    def initialized(self) -> Future[None]:
+        """Resolves once every actor is constructed; raises if a constructor failed."""
+        def check(result):
+            error = spawn_error(self._class_name, result[1])
+            if error is not None:
+                raise error
+
+        return _future_of(self._spawned, check)
+
+    def _targets(self) -> list[ProcInfo]:
+        """The processes of this mesh, in rank order; raises if construction failed."""
+        if self._ready_targets is not None:
+            return self._ready_targets
+        every, errors = self._spawned.result()
+        error = spawn_error(self._class_name, errors)
+        if error is not None:
+            raise error
+        self._ready_targets = every if self._indices is None else [every[i] for i in self._indices]
+        return self._ready_targets
+
+    # -- making calls -------------------------------------------------------------------------
+    def _invoke(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int) -> Future:
+        try:
+            payload, buffers = encode_call(self._class_name, spec, args, kwargs)
+        except NotReady:
+            payload, buffers = None, []
+        loop = _get_running_loop()
+        if loop is None:
+            return Future(concurrent=on_home_loop(
+                lambda: self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
+        if payload is None or (self._ready_targets is None and not self._spawned.done()):
+            return Future.of_task(loop.create_task(
+                self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
+        return self._send(loop, spec, mode, payload, buffers)
+
+    async def _invoke_later(self, spec, args, kwargs, mode, payload, buffers) -> Any:
+        await _wait(self._spawned)
+        if payload is None:
+            payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
+        return await self._send(asyncio.get_running_loop(), spec, mode, payload, buffers)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, spec: EndpointSpec, mode: int,
+              payload: bytes, buffers: list) -> Future:
+        try:
+            targets = self._targets()
+        except Exception as exc:
+            return _failed(exc)
+        runtime = Runtime.get()
+        if mode == _BROADCAST:
+            try:
+                for info in targets:
+                    runtime.channel(info, loop, self._transport).post(
+                        m.SEND, self._actor_id, payload, buffers)
+            except SupervisionError as exc:
+                return _failed(exc)
+            return Future.of_value(None)
+        if mode == _ALL:
+            chosen = targets
+        elif mode == _ONE:
+            chosen = targets[:1]
+        else:
+            chosen = [self._choose(targets, runtime.dead)]
+        pending = [runtime.channel(info, loop, self._transport).request(
+            m.REQUEST, self._actor_id, payload, buffers) for info in chosen]
+        if mode == _ALL:
+            sizes = self._sizes
+            return Future(loop=loop, pending=pending,
+                          finish=lambda rs: ValueMesh(sizes, [m.decode_reply(*r) for r in rs]))
+        return Future(loop=loop, pending=pending, finish=_decode_first)
+
+    def _choose(self, targets: list[ProcInfo], dead: set[str]) -> ProcInfo:
+        for _ in range(len(targets)):
+            info = targets[next(self._next) % len(targets)]
+            if info.proc_id not in dead:
+                return info
+        return targets[0]
+
+    async def _stream(self, spec: EndpointSpec, payload: bytes, buffers: list,
+                      args: tuple, kwargs: dict) -> AsyncIterator[Any]:
+        await _wait(self._spawned)
+        if payload is None:
+            payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
+        loop = asyncio.get_running_loop()
+        runtime = Runtime.get()
+        pending = [runtime.channel(info, loop, self._transport).request(
+            m.REQUEST, self._actor_id, payload, buffers) for info in self._targets()]
+        try:
+            for next_done in asyncio.as_completed(pending):
+                yield m.decode_reply(*(await next_done))
+        finally:
+            for future in pending:
+                if not future.done():
+                    future.cancel()
+
+    def __reduce__(self):
+        if not self._spawned.done():
+            raise NotReady(self._spawned)
+        targets, errors = self._spawned.result()
+        portable_errors = [None if e is None else SupervisionError(str(e)) for e in errors]
+        return (_rebuild_actor_mesh, (self._class_name, self._endpoints, self._actor_id,
+                                      self._sizes, targets, portable_errors, self._transport,
+                                      self._indices))
+
+    def __repr__(self) -> str:
+        return f"<ActorMesh {self._class_name} {self._sizes}>"
+
+
+def _rebuild_actor_mesh(class_name, endpoints, actor_id, sizes, targets, errors, transport,
+                        indices):
+    return ActorMesh(class_name, endpoints, actor_id, sizes, _resolved((targets, errors)),
+                     transport, indices)
+
+
+def _decode_first(results: list) -> Any:
+    return m.decode_reply(*results[0])
+
+
+def _failed(exc: BaseException) -> Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_exception(exc)
+    return Future(concurrent=future)
+
+
+class EndpointRef:
+    """``mesh.endpoint``: choose how to call it."""
+
+    __slots__ = ("_mesh", "_spec")
+
+    def __init__(self, mesh: ActorMesh, spec: EndpointSpec):
+        self._mesh = mesh
+        self._spec = spec
+
+    def call_one(self, *args: Any, **kwargs: Any) -> Future:
+        """Call the only actor of the mesh (or rank 0 of a larger one)."""
+        return self._mesh._invoke(self._spec, args, kwargs, _ONE)
+
+    def choose(self, *args: Any, **kwargs: Any) -> Future:
+        """Call one actor, picked by the kernel (round robin over live processes)."""
+        return self._mesh._invoke(self._spec, args, kwargs, _CHOOSE)
+
+    def call(self, *args: Any, **kwargs: Any) -> Future[ValueMesh]:
+        """Call every actor; resolves to a ValueMesh of their results in rank order."""
+        return self._mesh._invoke(self._spec, args, kwargs, _ALL)
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> Future[None]:
+        """Call every actor without waiting for results; resolves once sent."""
+        return self._mesh._invoke(self._spec, args, kwargs, _BROADCAST)
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Call every actor; an async iterator of results in the order they arrive."""
+        mesh = self._mesh
+        try:
+            payload, buffers = encode_call(mesh._class_name, self._spec, args, kwargs)
+        except NotReady:
+            payload, buffers = None, []
+        return mesh._stream(self._spec, payload, buffers, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self._mesh._class_name}.{self._spec.name} is an endpoint: call it with "
+                        f".call_one(), .choose(), .call(), .broadcast() or .stream()")
+
+    def __repr__(self) -> str:
+        return f"<endpoint {self._mesh._class_name}.{self._spec.name}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside an actor
+
+
+def current_rank() -> Point:
+    """This actor's point in its mesh (``.rank`` is the flat rank)."""
+    point = current_point()
+    return point if point is not None else Point({}, {})
+
+
+def current_size() -> dict[str, int]:
+    """The sizes of this actor's mesh, per dimension."""
+    point = current_point()
+    return point.extent if point is not None else {}
+
+
+def stop_all_meshes(timeout: float = 10.0) -> int:
+    """Stop every process mesh this process spawned and has not stopped (for test fixtures)."""
+    meshes = list(_live_meshes)
+    for mesh in meshes:
+        try:
+            mesh.stop().get(timeout=timeout)
+        except Exception:
+            pass
+    return len(meshes)

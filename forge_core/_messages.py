@@ -1,0 +1,66 @@
+"""The kernel's envelope: what every message between Forge processes starts with.
+
+``meta = HEADER(kind, request_id, len(actor_id)) + actor_id + pickle``. The envelope is a fixed
+struct, not pickle, so a process can always answer a request (for instance with "could not
+unpickle your arguments") without trusting its body.
+"""
+
+from __future__ import annotations
+
+import struct
+import traceback
+from typing import Any
+
+from . import _wire
+from .errors import ActorError, RemoteException
+
+HEADER = struct.Struct("<BQH")
+
+REQUEST = 1  # call an endpoint; a reply follows
+SEND = 2  # call an endpoint; no reply (broadcast)
+REPLY_OK = 3
+REPLY_ERR = 4
+SPAWN = 5  # construct an actor; a reply follows
+STOP = 6  # stop this process
+PING = 7  # liveness probe; a reply follows
+
+
+def pack(kind: int, request_id: int, actor_id: bytes, payload: bytes) -> bytes:
+    return HEADER.pack(kind, request_id, len(actor_id)) + actor_id + payload
+
+
+def unpack(meta: bytes) -> tuple[int, int, bytes, int]:
+    """-> (kind, request_id, actor_id, offset of the pickle in ``meta``)."""
+    kind, request_id, actor_len = HEADER.unpack_from(meta)
+    start = HEADER.size + actor_len
+    return kind, request_id, meta[HEADER.size:start], start
+
+
+def encode_error(exc: BaseException, where: str) -> tuple[bytes, list]:
+    """Pickle an endpoint's exception, with its traceback, for the caller."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = f"{where} raised {type(exc).__name__}: {exc}"
+    try:
+        return _wire.dumps((exc, message, tb))
+    except Exception as pickling_error:  # the exception itself does not pickle
+        stand_in = RemoteException(f"{type(exc).__name__}: {exc}")
+        note = f"{message} (the exception could not be pickled: {pickling_error!r})"
+        return _wire.dumps((stand_in, note, tb))
+
+
+def encode_failure(message: str) -> tuple[bytes, list]:
+    """An error the kernel itself reports (bad arguments on arrival, unknown actor, ...)."""
+    return _wire.dumps((RemoteException(message), message, ""))
+
+
+def decode_reply(kind: int, meta: bytes, offset: int, buffers: list) -> Any:
+    """Turn a reply into the value, or raise ``ActorError``."""
+    if kind == REPLY_OK:
+        return _wire.loads(memoryview(meta)[offset:], buffers)
+    try:
+        exc, message, tb = _wire.loads(memoryview(meta)[offset:], buffers)
+    except Exception as unpickling_error:
+        raise ActorError(f"an endpoint failed and its error could not be unpickled here: "
+                         f"{unpickling_error!r}") from None
+    text = f"{message}\n\nRemote traceback:\n{tb}" if tb else message
+    raise ActorError(text, exc, tb)

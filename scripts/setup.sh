@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets Forge up in ./.venv: torch (a CPU build unless a torch is already importable), the
+# kernel, its plugins (each its own distribution, found through entry points) and the test
+# tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+
+# A plain `torch` requirement would download a multi-GB CUDA build on a machine with no torch:
+# install the CPU build first. Users with GPUs keep the torch they have (any torch >= 2.4).
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    pip install "torch==2.13.0" || pip install torch --index-url https://download.pytorch.org/whl/cpu
+fi
+
+pip install -e ".[test]" -e plugins/transport_tcp
+echo "forge: set up in $(pwd)/.venv ($(.venv/bin/forge plugins | wc -l) plugins)"
