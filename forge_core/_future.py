@@ -3,95 +3,157 @@
 ``await fut`` in async code; ``fut.get(timeout=...)`` in synchronous code. The work it stands
 for has already been sent when the Future is created (``broadcast()`` sends even if nobody
 awaits), so a Future only waits.
+
+A call made from a running event loop returns a ``CallFuture``: an ``asyncio.Future`` of that
+loop that the channel resolves as the reply arrives (decoding it there), so awaiting it, or
+handing thousands of them to ``asyncio.gather``, costs no task and no extra hop. A call made
+from synchronous code runs on the runtime's home loop and returns a ``ThreadFuture``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from . import _messages as m
+from ._shape import ValueMesh
 
 T = TypeVar("T")
 _get_running_loop = asyncio._get_running_loop
 
 
 class Future(Generic[T]):
-    """The eventual result of an endpoint call (or of ``stop()``)."""
+    """The eventual result of an endpoint call (or of ``stop()``): ``await`` it, or ``.get()``."""
 
-    __slots__ = ("_loop", "_pending", "_finish", "_concurrent")
+    def get(self, timeout: float | None = None) -> T:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None,
-                 pending: list[asyncio.Future] | None = None,
-                 finish: Callable[[list[Any]], T] | None = None,
-                 concurrent: concurrent.futures.Future | None = None):
-        self._loop = loop
-        self._pending = pending  # asyncio futures of ``loop``; ``finish`` maps their results
-        self._finish = finish
-        self._concurrent = concurrent  # or: the whole result comes from another thread
+    def __await__(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ThreadFuture(Future[T]):
+    """A result produced on another thread (the home loop)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future):
+        self._future = future
 
     @classmethod
-    def of_task(cls, task: asyncio.Future) -> "Future[T]":
-        return cls(loop=task.get_loop(), pending=[task], finish=_first)
-
-    @classmethod
-    def of_value(cls, value: T) -> "Future[T]":
+    def of_exception(cls, exc: BaseException) -> "ThreadFuture":
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(value)
-        return cls(concurrent=future)
+        future.set_exception(exc)
+        return cls(future)
 
     def __await__(self):
-        if self._concurrent is not None:
-            if self._concurrent.done():
-                return self._concurrent.result()
-            return (yield from asyncio.wrap_future(self._concurrent).__await__())
-        if _get_running_loop() is not self._loop:
-            raise RuntimeError("this Future belongs to another event loop; await it in the loop "
-                               "that made the call, or call .get() from synchronous code")
-        pending = self._pending
-        results = []
-        try:
-            for future in pending:
-                results.append((yield from future.__await__()))
-        except BaseException:
-            for future in pending:  # the caller sees one error; don't warn about the others
-                future.add_done_callback(_consume)
-            raise
-        return self._finish(results)
+        if self._future.done():
+            return self._future.result()
+        return (yield from asyncio.wrap_future(self._future).__await__())
 
     def get(self, timeout: float | None = None) -> T:
-        """Block until the result is there (synchronous code only)."""
-        if self._concurrent is not None:
-            try:
-                return self._concurrent.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise TimeoutError(f"no result within {timeout} s") from None
-        if _get_running_loop() is self._loop:
-            raise RuntimeError("Future.get() would block the event loop that must deliver the "
-                               "result; use `await` here")
-        if self._loop is None or not self._loop.is_running():
-            raise RuntimeError("the event loop this call was made from is no longer running")
-
-        async def wait() -> T:
-            return await self
-
         try:
-            return asyncio.run_coroutine_threadsafe(wait(), self._loop).result(timeout)
+            return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"no result within {timeout} s") from None
 
     def done(self) -> bool:
-        if self._concurrent is not None:
-            return self._concurrent.done()
-        return all(f.done() for f in self._pending or ())
-
-    def __repr__(self) -> str:
-        return f"<forge Future {'done' if self.done() else 'pending'}>"
+        return self._future.done()
 
 
-def _first(results: list[Any]) -> Any:
-    return results[0]
+class _LoopBound:
+    """``get()`` for futures that belong to an event loop."""
+
+    def get(self, timeout: float | None = None) -> Any:
+        if self.done():
+            return self.result()
+        loop = self.get_loop()
+        if _get_running_loop() is loop:
+            raise RuntimeError("Future.get() would block the event loop that must deliver the "
+                               "result; use `await` here")
+        if not loop.is_running():
+            raise RuntimeError("the event loop this call was made from is no longer running")
+
+        async def wait() -> Any:
+            return await self
+
+        try:
+            return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"no result within {timeout} s") from None
 
 
-def _consume(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+class CallFuture(_LoopBound, asyncio.Future, Future):
+    """One reply, decoded on arrival."""
+
+    def _reply(self, kind: int, meta: bytes, offset: int, buffers: list) -> None:
+        if self.done():
+            return
+        try:
+            value = m.decode_reply(kind, meta, offset, buffers)
+        except Exception as exc:
+            self.set_exception(exc)
+        else:
+            self.set_result(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)
+
+
+class GatherFuture(_LoopBound, asyncio.Future, Future):
+    """One reply per actor of a mesh, gathered into a ValueMesh in rank order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sizes: dict[str, int], count: int):
+        super().__init__(loop=loop)
+        self._sizes = sizes
+        self._values: list[Any] = [None] * count
+        self._left = count
+        if count == 0:
+            self.set_result(ValueMesh(sizes, []))
+
+    def slot(self, index: int) -> "_Slot":
+        return _Slot(self, index)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)
+
+
+class _Slot:
+    """Where one actor's reply to a gathered call lands."""
+
+    __slots__ = ("_owner", "_index")
+
+    def __init__(self, owner: GatherFuture, index: int):
+        self._owner = owner
+        self._index = index
+
+    def _reply(self, kind: int, meta: bytes, offset: int, buffers: list) -> None:
+        owner = self._owner
+        if owner.done():
+            return
+        try:
+            owner._values[self._index] = m.decode_reply(kind, meta, offset, buffers)
+        except Exception as exc:
+            owner.set_exception(exc)
+            return
+        owner._left -= 1
+        if owner._left == 0:
+            owner.set_result(ValueMesh(owner._sizes, owner._values))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._owner._fail(exc)
+
+
+class RawFuture(asyncio.Future):
+    """An undecoded reply ``(kind, meta, offset, buffers)``, for the kernel's own requests."""
+
+    def _reply(self, kind: int, meta: bytes, offset: int, buffers: list) -> None:
+        if not self.done():
+            self.set_result((kind, meta, offset, buffers))
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)

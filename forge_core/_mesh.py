@@ -19,7 +19,7 @@ from . import _messages as m
 from . import _wire
 from ._actors import current_point
 from ._endpoint import EndpointSpec, NotReady, encode_call, endpoints_of
-from ._future import Future
+from ._future import CallFuture, Future, GatherFuture, RawFuture, ThreadFuture
 from ._procs import launch
 from ._runtime import Runtime, on_home_loop, spawn_error
 from ._shape import Point, ValueMesh, check_sizes, nelement, points, select
@@ -116,8 +116,10 @@ class ProcMesh:
             for info, point in zip(targets, points(self._sizes) if self._sizes else [Point({}, {})]):
                 payload, buffers = await _dumps_when_ready(
                     (actor_class, args, kwargs, dict(point), self._sizes))
-                channel = runtime.channel(info, loop, self._transport)
-                replies.append(channel.request(m.SPAWN, actor_id, payload, buffers))
+                reply = RawFuture(loop=loop)
+                runtime.channel(info, loop, self._transport).request(
+                    m.SPAWN, actor_id, payload, buffers, reply)
+                replies.append(reply)
             errors: list[BaseException | None] = []
             for reply in await asyncio.gather(*replies, return_exceptions=True):
                 if isinstance(reply, BaseException):
@@ -137,7 +139,7 @@ class ProcMesh:
         """End every process of this mesh (within 5 s; killed after that)."""
         self._stopped = True
         _live_meshes.discard(self)
-        return Future(concurrent=on_home_loop(self._stop))
+        return ThreadFuture(on_home_loop(self._stop))
 
     async def _stop(self) -> None:
         runtime = Runtime.get()
@@ -153,8 +155,11 @@ class ProcMesh:
         except Exception:
             return
         loop = asyncio.get_running_loop()
-        asks = [runtime.channel(every[i], loop).request(m.STOP, b"", *_wire.dumps(None))
-                for i in self._indices if every[i].proc_id != runtime.info.proc_id]
+        asks = []
+        for i in self._indices:
+            if every[i].proc_id != runtime.info.proc_id:
+                asks.append(RawFuture(loop=loop))
+                runtime.channel(every[i], loop).request(m.STOP, b"", *_wire.dumps(None), asks[-1])
         await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 5)
 
     async def __aenter__(self) -> "ProcMesh":
@@ -201,7 +206,7 @@ def _future_of(source: concurrent.futures.Future, convert) -> Future:
             out.set_result(convert(f.result()))
 
     source.add_done_callback(done)
-    return Future(concurrent=out)
+    return ThreadFuture(out)
 
 
 def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] | None = None,
@@ -368,48 +373,66 @@ class ActorMesh:
         except NotReady:
             payload, buffers = None, []
         loop = _get_running_loop()
-        if loop is None:
-            return Future(concurrent=on_home_loop(
+        if loop is None:  # synchronous caller: the home loop makes the call
+            return ThreadFuture(on_home_loop(
                 lambda: self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
         if payload is None or (self._ready_targets is None and not self._spawned.done()):
-            return Future.of_task(loop.create_task(
-                self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
+            future = self._new_future(loop, mode)
+            loop.create_task(self._invoke_later(spec, args, kwargs, mode, payload, buffers, future))
+            return future
         return self._send(loop, spec, mode, payload, buffers)
 
-    async def _invoke_later(self, spec, args, kwargs, mode, payload, buffers) -> Any:
-        await _wait(self._spawned)
-        if payload is None:
-            payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
-        return await self._send(asyncio.get_running_loop(), spec, mode, payload, buffers)
+    def _new_future(self, loop: asyncio.AbstractEventLoop, mode: int) -> Future:
+        if mode == _ALL:
+            return GatherFuture(loop, self._sizes, len(self))
+        return CallFuture(loop=loop)
+
+    async def _invoke_later(self, spec, args, kwargs, mode, payload, buffers,
+                            future: Future | None = None) -> Any:
+        """The slow path: wait for the mesh (and any mesh among the arguments) to be up."""
+        loop = asyncio.get_running_loop()
+        caller_waits_here = future is None
+        if future is None:
+            future = self._new_future(loop, mode)
+        try:
+            await _wait(self._spawned)
+            if payload is None:
+                payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
+        except BaseException as exc:
+            future._fail(exc)
+        else:
+            self._send(loop, spec, mode, payload, buffers, future)
+        if caller_waits_here:
+            return await future
 
     def _send(self, loop: asyncio.AbstractEventLoop, spec: EndpointSpec, mode: int,
-              payload: bytes, buffers: list) -> Future:
+              payload: bytes, buffers: list, future: Future | None = None) -> Future:
+        if future is None:
+            future = self._new_future(loop, mode)
         try:
             targets = self._targets()
         except Exception as exc:
-            return _failed(exc)
+            future._fail(exc)
+            return future
         runtime = Runtime.get()
-        if mode == _BROADCAST:
+        actor_id, transport = self._actor_id, self._transport
+        if mode == _ALL:
+            for index, info in enumerate(targets):
+                runtime.channel(info, loop, transport).request(
+                    m.REQUEST, actor_id, payload, buffers, future.slot(index))
+        elif mode == _BROADCAST:
             try:
                 for info in targets:
-                    runtime.channel(info, loop, self._transport).post(
-                        m.SEND, self._actor_id, payload, buffers)
+                    runtime.channel(info, loop, transport).post(m.SEND, actor_id, payload, buffers)
             except SupervisionError as exc:
-                return _failed(exc)
-            return Future.of_value(None)
-        if mode == _ALL:
-            chosen = targets
-        elif mode == _ONE:
-            chosen = targets[:1]
+                future._fail(exc)
+            else:
+                future.set_result(None)
         else:
-            chosen = [self._choose(targets, runtime.dead)]
-        pending = [runtime.channel(info, loop, self._transport).request(
-            m.REQUEST, self._actor_id, payload, buffers) for info in chosen]
-        if mode == _ALL:
-            sizes = self._sizes
-            return Future(loop=loop, pending=pending,
-                          finish=lambda rs: ValueMesh(sizes, [m.decode_reply(*r) for r in rs]))
-        return Future(loop=loop, pending=pending, finish=_decode_first)
+            info = targets[0] if mode == _ONE else self._choose(targets, runtime.dead)
+            runtime.channel(info, loop, transport).request(
+                m.REQUEST, actor_id, payload, buffers, future)
+        return future
 
     def _choose(self, targets: list[ProcInfo], dead: set[str]) -> ProcInfo:
         for _ in range(len(targets)):
@@ -425,11 +448,14 @@ class ActorMesh:
             payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
         loop = asyncio.get_running_loop()
         runtime = Runtime.get()
-        pending = [runtime.channel(info, loop, self._transport).request(
-            m.REQUEST, self._actor_id, payload, buffers) for info in self._targets()]
+        pending = []
+        for info in self._targets():
+            pending.append(CallFuture(loop=loop))
+            runtime.channel(info, loop, self._transport).request(
+                m.REQUEST, self._actor_id, payload, buffers, pending[-1])
         try:
             for next_done in asyncio.as_completed(pending):
-                yield m.decode_reply(*(await next_done))
+                yield await next_done
         finally:
             for future in pending:
                 if not future.done():
@@ -452,16 +478,6 @@ def _rebuild_actor_mesh(class_name, endpoints, actor_id, sizes, targets, errors,
                         indices):
     return ActorMesh(class_name, endpoints, actor_id, sizes, _resolved((targets, errors)),
                      transport, indices)
-
-
-def _decode_first(results: list) -> Any:
-    return m.decode_reply(*results[0])
-
-
-def _failed(exc: BaseException) -> Future:
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_exception(exc)
-    return Future(concurrent=future)
 
 
 class EndpointRef:

@@ -274,16 +274,24 @@ class Channel:
         except ConnectionError as exc:
             self._break(self._dead_error(repr(exc)))
 
-    def request(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> asyncio.Future:
-        future = self.loop.create_future()
+    def request(self, kind: int, actor_id: bytes, payload: bytes, buffers: list, sink: Any) -> None:
+        """Send a request; ``sink._reply(kind, meta, offset, buffers)`` or ``sink._fail(exc)``
+        follows on this channel's loop."""
         if self.broken is not None:
-            future.set_exception(self.broken)
-            return future
+            sink._fail(self.broken)
+            return
         request_id = self._next_id
         self._next_id = request_id + 1
-        self._waiting[request_id] = future
-        self._send(m.pack(kind, request_id, actor_id, payload), buffers)
-        return future
+        self._waiting[request_id] = sink
+        meta = m.HEADER.pack(kind, request_id, len(actor_id)) + actor_id + payload
+        conn = self._conn
+        if conn is None:
+            self._queue.append((meta, buffers))  # type: ignore[union-attr]
+            return
+        try:
+            conn.send(meta, buffers)
+        except ConnectionError as exc:
+            self._break(self._dead_error(repr(exc)))
 
     def post(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> None:
         if self.broken is not None:
@@ -302,9 +310,9 @@ class Channel:
 
     def _on_message(self, meta: bytes, buffers: list) -> None:
         kind, request_id, actor_len = m.HEADER.unpack_from(meta)
-        future = self._waiting.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_result((kind, meta, m.HEADER.size + actor_len, buffers))
+        sink = self._waiting.pop(request_id, None)
+        if sink is not None:
+            sink._reply(kind, meta, m.HEADER.size + actor_len, buffers)
 
     def _on_closed(self, exc: BaseException | None) -> None:
         self._break(self._dead_error(f"its connection closed ({exc!r})" if exc else "closed"))
@@ -314,9 +322,8 @@ class Channel:
             self.broken = error
         self.runtime.mark_dead(self.peer.proc_id, str(error))
         waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(self.broken)
+        for sink in waiting.values():
+            sink._fail(self.broken)
         if self._conn is not None:
             self._conn.close()
 
@@ -333,37 +340,29 @@ class LocalChannel:
         self.loop = loop
         self.transport_name = "local"
 
-    def request(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> asyncio.Future:
-        future = self.loop.create_future()
-        self._deliver(m.pack(kind, 0, actor_id, payload), buffers, future)
-        return future
+    def request(self, kind: int, actor_id: bytes, payload: bytes, buffers: list, sink: Any) -> None:
+        self._deliver(m.pack(kind, 0, actor_id, payload), buffers, sink)
 
     def post(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> None:
         self._deliver(m.pack(kind, 0, actor_id, payload), buffers, None)
 
-    def _deliver(self, meta: bytes, buffers: list, future: asyncio.Future | None) -> None:
+    def _deliver(self, meta: bytes, buffers: list, sink: Any) -> None:
         copies = [bytearray(b) for b in buffers]
         loop, home = self.loop, self.runtime.home_loop
 
         def reply(kind: int, request_id: int, payload: bytes, out: list) -> None:
-            if future is None:
+            if sink is None:
                 return
-            result = (kind, payload, 0, [bytearray(b) for b in out])
+            copied = [bytearray(b) for b in out]
             if loop is home:
-                if not future.done():
-                    future.set_result(result)
+                sink._reply(kind, payload, 0, copied)
             else:
-                loop.call_soon_threadsafe(_set_if_pending, future, result)
+                loop.call_soon_threadsafe(sink._reply, kind, payload, 0, copied)
 
         if loop is home:
             home.call_soon(self.runtime.dispatch, meta, copies, reply)
         else:
             home.call_soon_threadsafe(self.runtime.dispatch, meta, copies, reply)
-
-
-def _set_if_pending(future: asyncio.Future, result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
 
 
 def on_home_loop(coro_factory: Callable[[], Any]) -> concurrent.futures.Future:
