@@ -17,8 +17,6 @@ import sys
 import threading
 from typing import Any
 
-import cloudpickle
-
 PROTOCOL = 5
 # Buffers smaller than this are cheaper to keep inside the pickle stream than to send apart.
 INBAND_LIMIT = 8 * 1024
@@ -26,30 +24,45 @@ INBAND_LIMIT = 8 * 1024
 LARGE_BYTES = 64 * 1024
 
 
-class _Pickler(cloudpickle.Pickler):
-    def __init__(self, file: io.BytesIO):
-        super().__init__(file, protocol=PROTOCOL, buffer_callback=self._take_buffer)
-        self.file = file
-        self._buffers: list[memoryview] = []
-        self.busy = False
+_PicklerClass: type | None = None
 
-    def _take_buffer(self, pickle_buffer: pickle.PickleBuffer) -> bool:
-        raw = pickle_buffer.raw()
-        if raw.nbytes < INBAND_LIMIT:
-            return True  # serialize in band
-        self._buffers.append(raw)
-        return False
 
-    def reducer_override(self, obj: Any) -> Any:
-        # Only look at tensors if the user's code already imported torch: never import it here.
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(obj, torch.Tensor):
-            reduced = _reduce_tensor(obj, torch)
-            if reduced is not NotImplemented:
-                return reduced
-        if type(obj) is LargeBytes:
-            return (bytes, (pickle.PickleBuffer(obj.data),))
-        return super().reducer_override(obj)
+def _pickler_class() -> type:
+    """The pickler, built on first use: cloudpickle is imported only when something must be
+    pickled that plain values cannot express (a spawned process answering with ints never
+    imports it)."""
+    global _PicklerClass
+    if _PicklerClass is not None:
+        return _PicklerClass
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def __init__(self, file: io.BytesIO):
+            super().__init__(file, protocol=PROTOCOL, buffer_callback=self._take_buffer)
+            self.file = file
+            self._buffers: list[memoryview] = []
+            self.busy = False
+
+        def _take_buffer(self, pickle_buffer: pickle.PickleBuffer) -> bool:
+            raw = pickle_buffer.raw()
+            if raw.nbytes < INBAND_LIMIT:
+                return True  # serialize in band
+            self._buffers.append(raw)
+            return False
+
+        def reducer_override(self, obj: Any) -> Any:
+            # Look at tensors only if the user's code imported torch: never import it here.
+            torch = sys.modules.get("torch")
+            if torch is not None and isinstance(obj, torch.Tensor):
+                reduced = _reduce_tensor(obj, torch)
+                if reduced is not NotImplemented:
+                    return reduced
+            if type(obj) is LargeBytes:
+                return (bytes, (pickle.PickleBuffer(obj.data),))
+            return super().reducer_override(obj)
+
+    _PicklerClass = Pickler
+    return Pickler
 
 
 class LargeBytes:
@@ -89,7 +102,7 @@ def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     # keeps one and reuses it (a fresh one for nested calls, e.g. from a __reduce__).
     pickler = getattr(_local, "pickler", None)
     if pickler is None or pickler.busy:
-        pickler = _Pickler(io.BytesIO())
+        pickler = _pickler_class()(io.BytesIO())
         if getattr(_local, "pickler", None) is None:
             _local.pickler = pickler
     stream, buffers = pickler.file, []

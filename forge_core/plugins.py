@@ -9,7 +9,6 @@ again: that scan is a large part of a bare process's start-up time.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import threading
 from typing import Any
@@ -125,6 +124,8 @@ def describe() -> list[dict[str, Any]]:
 
 
 def _entry_point_dists():
+    import importlib.metadata  # slow to import; only `forge plugins` needs it
+
     for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
         dist = ep.dist
         yield ep.name, f"{dist.name} {dist.version}" if dist else "-"
