@@ -28,8 +28,16 @@ def _die_with_parent() -> None:
         os._exit(1)  # the parent died before prctl took effect
 
 
+def _bind_cores() -> None:
+    """Bind to the cores the allocator chose for us (``FORGE_CPU_AFFINITY``), first thing."""
+    cores = os.environ.get("FORGE_CPU_AFFINITY")
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+
+
 def main() -> None:
     _die_with_parent()
+    _bind_cores()
     sys.path[:] = json.loads(os.environ.pop("FORGE_SYS_PATH", "[]")) or sys.path
     lifeline = int(os.environ.pop("FORGE_LIFELINE_FD"))
     hello = int(os.environ.pop("FORGE_HELLO_FD"))

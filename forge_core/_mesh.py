@@ -11,11 +11,13 @@ import asyncio
 import concurrent.futures
 import inspect
 import itertools
+import os
 import uuid
 import weakref
 from typing import Any, AsyncIterator
 
 from . import _messages as m
+from . import allocation
 from . import _wire
 from ._actors import current_point
 from ._endpoint import EndpointSpec, NotReady, encode_call, endpoints_of
@@ -210,27 +212,37 @@ def _future_of(source: concurrent.futures.Future, convert) -> Future:
 
 
 def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] | None = None,
-                transport: str | None = None) -> ProcMesh:
+                transport: str | None = None, gpus_per_proc: int | None = None,
+                cpus_per_proc: int = 0, numa: bool = False, strict: bool | None = None,
+                name: str | None = None, allocator: str | None = None) -> ProcMesh:
     """Start one OS process per point of ``per_host`` on this host, e.g. ``{"gpus": 8}``.
 
-    Returns at once; the processes start in parallel in the background. ``env`` is added to
-    every process's environment; ``transport`` forces a transport by name for this mesh.
+    Returns at once; the processes start in parallel in the background. A ``"gpus"`` dimension
+    gives each process its own GPU (``gpus_per_proc`` overrides the count), chosen by the
+    allocator plugin before the process starts; on a host without GPUs they start as CPU
+    processes with a warning, or fail if ``strict``. ``cpus_per_proc`` or ``numa`` bind each
+    process to its own cores. ``env`` is added to every process's environment; ``transport``
+    forces a transport by name for this mesh.
     """
     sizes = check_sizes(per_host if per_host is not None else {"procs": 1})
     runtime = Runtime.get()
     count = nelement(sizes)
+    request = allocation.Request(
+        owner=name or f"ProcMesh {sizes} of pid {os.getpid()}", procs=count,
+        gpus_per_proc=gpus_per_proc if gpus_per_proc is not None else int("gpus" in sizes),
+        cpus_per_proc=cpus_per_proc, numa=numa,
+        strict=allocation.strict_default() if strict is None else strict)
+    envs, release = allocation.plan_mesh(request, allocator_name=allocator)  # raises at once
+    for child_env in envs:
+        child_env.update(env or {})
     procs: concurrent.futures.Future = concurrent.futures.Future()
     mesh = ProcMesh(sizes, procs, list(range(count)), owner=True, transport=transport)
 
     def start() -> None:
-        envs = []
-        for rank, point in enumerate(points(sizes)):
-            child_env = {"FORGE_MESH_RANK": str(rank), "FORGE_MESH_SIZE": str(count)}
-            child_env.update(env or {})
-            envs.append(child_env)
         try:
             mesh._children[:] = launch(runtime, envs)
         except BaseException as exc:
+            release()
             procs.set_exception(exc)
             return
 
@@ -244,7 +256,12 @@ def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] |
             else:
                 procs.set_result(list(infos))
 
+        async def release_when_all_exited() -> None:
+            await asyncio.gather(*(c.exited for c in mesh._children), return_exceptions=True)
+            release()  # devices go back to the pool once no process of the mesh runs
+
         runtime.home_loop.create_task(all_up())
+        runtime.home_loop.create_task(release_when_all_exited())
 
     runtime.home_loop.call_soon_threadsafe(start)
     _live_meshes.add(mesh)

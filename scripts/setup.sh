@@ -17,5 +17,5 @@ fi
 
 # editable_mode=compat puts plain paths in a .pth file: no import hook runs at every start of
 # every spawned process (setuptools' default editable finder costs each one ~20 ms).
-pip install --config-settings editable_mode=compat -e ".[test]" -e plugins/transport_tcp
+pip install --config-settings editable_mode=compat -e ".[test]" -e plugins/transport_tcp -e plugins/allocators
 echo "forge: set up in $(pwd)/.venv ($(.venv/bin/forge plugins | wc -l) plugins)"

@@ -121,4 +121,4 @@ from forge_core.actor import Actor, endpoint  # noqa: E402
 class EnvReader(Actor):
     @endpoint
     def read(self):
-        return os.environ.get("FORGE_TEST_VALUE"), os.environ.get("FORGE_MESH_RANK")
+        return os.environ.get("FORGE_TEST_VALUE"), os.environ.get("RANK")
