@@ -45,7 +45,8 @@ class ActorHost:
         self._queue: deque = deque()
         self._busy = False
 
-    def deliver(self, request_id: int, body: memoryview, buffers: list, reply: Reply | None) -> None:
+    def deliver(self, request_id: int, body: memoryview, buffers: list, reply: Reply | None,
+                track: Callable[[asyncio.Task], None] | None = None) -> None:
         try:
             name, args, kwargs = _wire.loads(body, buffers)
         except Exception as exc:
@@ -57,7 +58,7 @@ class ActorHost:
             self._fail(request_id, reply, f"{self.class_name} has no endpoint {name!r}; its "
                                           f"endpoints are {sorted(self._endpoints)}")
             return
-        message = (spec, request_id, args, kwargs, reply)
+        message = (spec, request_id, args, kwargs, reply, track)
         if spec.concurrent and spec.is_async:
             self._start_async(message, concurrent=True)
         elif self._busy:
@@ -79,7 +80,7 @@ class ActorHost:
             if spec.is_async:
                 self._start_async(message, concurrent=False)
                 return
-            spec_, request_id, args, kwargs, reply = message
+            spec_, request_id, args, kwargs, reply, _ = message
             token = _current_point.set(self.point)
             try:
                 result = getattr(self.instance, spec.name)(*args, **kwargs)
@@ -102,9 +103,12 @@ class ActorHost:
         finally:
             _current_point.reset(token)
         task.add_done_callback(_ignore_result)
+        track = message[5]
+        if track is not None:
+            track(task)
 
     async def _run_async(self, message: tuple, concurrent: bool) -> None:
-        spec, request_id, args, kwargs, reply = message
+        spec, request_id, args, kwargs, reply, _ = message
         try:
             result = await getattr(self.instance, spec.name)(*args, **kwargs)
         except Exception as exc:

@@ -65,6 +65,7 @@ class ProcMesh:
         self._owner = owner
         self._transport = transport
         self._stopped = False
+        self._remote_stop: Any = None  # set for meshes whose processes host agents started
 
     # -- shape --------------------------------------------------------------------------------
     @property
@@ -145,7 +146,18 @@ class ProcMesh:
 
     async def _stop(self) -> None:
         runtime = Runtime.get()
-        if self._owner:
+        if self._owner and self._remote_stop is None and not self._procs.done():
+            try:  # a mesh still starting on agents: let it finish, then stop it
+                await _wait(self._procs)
+            except Exception:
+                pass
+        if self._remote_stop is not None:
+            await self._remote_stop()
+            if self._procs.done() and self._procs.exception() is None:
+                for info in self._procs.result():
+                    runtime.mark_dead(info.proc_id, "stopped")
+            return
+        if self._owner and self._children:
             children = [self._children[i] for i in self._indices if i < len(self._children)]
             await asyncio.gather(*(child.stop() for child in children))
             for child in children:
@@ -299,20 +311,48 @@ def this_proc() -> ProcMesh:
     return ProcMesh({}, _resolved([runtime.info]), [0])
 
 
-def spawn_cluster_procs(hosts: list[str], per_host: dict[str, int] | None = None,
-                        **options: Any) -> ProcMesh:
-    """Processes on several hosts, ranks numbered continuously across them.
+def spawn_cluster_procs(hosts: list[str], per_host: dict[str, int] | None = None, *,
+                        env: dict[str, str] | None = None, transport: str | None = None,
+                        gpus_per_proc: int | None = None, strict: bool | None = None,
+                        name: str | None = None) -> ProcMesh:
+    """Processes on several hosts at once, ranks numbered continuously across them
+    (host 0: ranks 0..n-1, host 1: n..2n-1, ...). The mesh has a leading ``"hosts"`` dimension.
 
-    Only local host names are served by this release; other hosts need a ``forge agent``
-    running on them, which is not implemented yet.
+    Each host is the ``HOST:PORT`` of a ``forge agent`` holding the same cluster secret
+    (``FORGE_SECRET``) as this process. ``"localhost"`` entries without a port are simulated
+    with local processes. Returns at once; a host that cannot be reached, or that refuses the
+    secret, fails the mesh's first call with an error naming the host.
     """
-    local = {"localhost", "127.0.0.1", "::1"}
-    remote = [h for h in hosts if h not in local]
-    if remote:
-        raise ForgeError(f"cannot reach hosts {remote}: spawning on other hosts needs a "
-                         f"`forge agent` on each of them, which this release does not have yet")
-    sizes = {"hosts": len(hosts), **check_sizes(per_host or {"procs": 1})}
-    return spawn_procs(sizes, **options)
+    if not hosts:
+        raise TypeError("spawn_cluster_procs needs at least one host")
+    per_host = check_sizes(per_host or {"procs": 1})
+    sizes = {"hosts": len(hosts), **per_host}
+    if all(h in ("localhost", "127.0.0.1") for h in hosts):
+        return spawn_procs(sizes, env=env, transport=transport, gpus_per_proc=gpus_per_proc,
+                           strict=strict, name=name)
+    from .agent import spawn_on_agents
+
+    count = nelement(per_host)
+    request = allocation.Request(
+        owner=name or f"ProcMesh {sizes} of pid {os.getpid()}", procs=count,
+        gpus_per_proc=gpus_per_proc if gpus_per_proc is not None else int("gpus" in per_host),
+        strict=allocation.strict_default() if strict is None else strict)
+    procs: concurrent.futures.Future = concurrent.futures.Future()
+    mesh = ProcMesh(sizes, procs, list(range(count * len(hosts))), owner=True,
+                    transport=transport)
+
+    async def start() -> None:
+        try:
+            infos, mesh._remote_stop = await spawn_on_agents(list(hosts), sizes, count, request,
+                                                             env or {})
+        except BaseException as exc:
+            procs.set_exception(exc)
+        else:
+            procs.set_result(infos)
+
+    on_home_loop(start)
+    _live_meshes.add(mesh)
+    return mesh
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,8 +84,10 @@ class Runtime:
         asyncio.run_coroutine_threadsafe(runtime.start(), loop).result(timeout=30)
         return runtime
 
-    def __init__(self, home_loop: asyncio.AbstractEventLoop):
+    def __init__(self, home_loop: asyncio.AbstractEventLoop,
+                 listen_options: dict[str, dict[str, Any]] | None = None):
         self.home_loop = home_loop
+        self._listen_options = listen_options or {}
         secret_hex = os.environ.get(SECRET_ENV)
         self.secret = bytes.fromhex(secret_hex) if secret_hex else secrets.token_bytes(32)
         self.auth = Authenticator(self.secret)
@@ -94,6 +96,10 @@ class Runtime:
         self.actors: dict[bytes, ActorHost] = {}
         self.failed_actors: dict[bytes, str] = {}
         self.dead: set[str] = set()
+        # Called as ``listener(proc_id, reason)`` when a proc is first declared dead, from
+        # whichever thread noticed it (services restart replicas from this). Listeners must be
+        # quick and thread-safe: hop to their own loop with ``call_soon_threadsafe``.
+        self.death_listeners: list[Callable[[str, str], None]] = []
         self._channels: dict[tuple[int, str], "Channel"] = {}
         self._channels_lock = threading.Lock()
         self._on_stop: list[Callable[[], None]] = []
@@ -110,7 +116,8 @@ class Runtime:
         addresses = {}
         for name, transport in sorted(installed.items(), key=lambda kv: kv[1].cost):
             try:
-                addresses[name] = await transport.listen(self._accept, self.auth)
+                options = self._listen_options.get(name, {})
+                addresses[name] = await transport.listen(self._accept, self.auth, **options)
                 self.transports[name] = transport
             except Exception as exc:  # a transport that cannot run here is skipped, loudly
                 log.warning("transport %r could not listen: %r", name, exc)
@@ -123,18 +130,32 @@ class Runtime:
             except ConnectionError:
                 pass  # the caller is gone; nobody waits for this reply
 
-        conn.set_receiver(lambda meta, buffers: self.dispatch(meta, buffers, reply),
-                          lambda exc: None)
+        # Async calls still running for a caller that disconnects are cancelled: nobody can
+        # receive their results (a host agent learns this way that its client is gone).
+        running: set[asyncio.Task] = set()
+
+        def track(task: asyncio.Task) -> None:
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        def closed(exc: BaseException | None) -> None:
+            for task in list(running):
+                task.cancel()
+
+        conn.set_receiver(lambda meta, buffers: self.dispatch(meta, buffers, reply, track), closed)
 
     # -- receiving ---------------------------------------------------------------------------
-    def dispatch(self, meta: bytes, buffers: list, reply: Callable) -> None:
-        """Handle one incoming message on the home loop."""
+    def dispatch(self, meta: bytes, buffers: list, reply: Callable,
+                 track: Callable[[asyncio.Task], None] | None = None) -> None:
+        """Handle one incoming message on the home loop. ``track`` is told of the task that
+        runs an async call, so that the caller's disconnection can cancel it."""
         kind, request_id, actor_id, offset = m.unpack(meta)
         if kind == m.REQUEST or kind == m.SEND:
             respond = reply if kind == m.REQUEST else None
             host = self.actors.get(actor_id)
             if host is not None:
-                host.deliver(request_id, memoryview(meta)[offset:], buffers, respond)
+                host.deliver(request_id, memoryview(meta)[offset:], buffers, respond,
+                             track if respond is not None else None)
                 return
             text = self.failed_actors.get(actor_id) or (
                 f"no actor {actor_id.decode(errors='replace')!r} in {self.info} "
@@ -155,18 +176,27 @@ class Runtime:
 
     def _spawn_actor(self, request_id: int, actor_id: bytes, body: memoryview, buffers: list,
                      reply: Callable) -> None:
-        where = "an actor's __init__"
         try:
             cls, args, kwargs, coords, sizes = _wire.loads(body, buffers)
-            point = Point(coords, sizes)
-            where = f"{cls.__name__}.__init__ (rank {point.rank})"
+        except Exception as exc:
+            where = (f"unpickling the actor class and its arguments in {self.info} (is its module "
+                     f"importable there? classes from __main__ travel by value, others by name)")
+            self._spawn_failed(request_id, actor_id, reply, exc, where)
+            return
+        point = Point(coords, sizes)
+        where = f"{cls.__name__}.__init__ (rank {point.rank})"
+        try:
             instance = construct(cls, args, kwargs, point)
         except Exception as exc:
-            self.failed_actors[actor_id] = f"{where} failed: {type(exc).__name__}: {exc}"
-            reply(m.REPLY_ERR, request_id, *m.encode_error(exc, where))
+            self._spawn_failed(request_id, actor_id, reply, exc, where)
             return
         self.actors[actor_id] = ActorHost(actor_id.decode(), instance, point)
         reply(m.REPLY_OK, request_id, *_wire.dumps(None))
+
+    def _spawn_failed(self, request_id: int, actor_id: bytes, reply: Callable,
+                      exc: Exception, where: str) -> None:
+        self.failed_actors[actor_id] = f"{where} failed: {type(exc).__name__}: {exc}"
+        reply(m.REPLY_ERR, request_id, *m.encode_error(exc, where))
 
     # -- sending -----------------------------------------------------------------------------
     def channel(self, peer: ProcInfo, loop: asyncio.AbstractEventLoop,
@@ -205,6 +235,11 @@ class Runtime:
             return
         self.dead.add(proc_id)
         log.debug("%s is dead: %s", proc_id[:8], reason)
+        for listener in list(self.death_listeners):
+            try:
+                listener(proc_id, reason)
+            except Exception:
+                log.exception("a death listener failed")
 
     # -- stopping ----------------------------------------------------------------------------
     def stop_process(self) -> None:

@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:  # the agent parses its own options
+        from .agent import main as agent_main
+
+        return agent_main(argv[1:])
     parser = argparse.ArgumentParser(prog="forge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -20,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
 
     listing = commands.add_parser("plugins", help="list installed plugins and their hooks")
     listing.set_defaults(run=_plugins)
+
+    commands.add_parser("agent", help="serve this host to Forge clients (forge agent -h)")
 
     bench = commands.add_parser("bench", help="run the kernel benchmarks")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from .errors import AuthenticationError
 
@@ -65,9 +65,10 @@ class Transport(Protocol):
         """Whether this transport can connect ``local`` to ``peer`` (same host only, etc.)."""
 
     async def listen(self, on_connection: Callable[[Connection], None], auth: "Authenticator",
-                     host: str | None = None) -> str:
+                     **options: Any) -> str:
         """Start accepting connections on the running loop; return the address to advertise.
-        ``on_connection`` is called once per authenticated connection."""
+        ``on_connection`` is called once per authenticated connection. ``options`` are the
+        user's, for this transport only (e.g. ``host`` and ``port`` for TCP on a host agent)."""
 
     async def connect(self, address: str, auth: "Authenticator") -> Connection:
         """Connect to an address ``listen`` returned and authenticate; raise on failure."""

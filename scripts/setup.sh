@@ -17,5 +17,12 @@ fi
 
 # editable_mode=compat puts plain paths in a .pth file: no import hook runs at every start of
 # every spawned process (setuptools' default editable finder costs each one ~20 ms).
-pip install --config-settings editable_mode=compat -e ".[test]" -e plugins/transport_tcp -e plugins/allocators
+pip install --config-settings editable_mode=compat -e ".[test]" -e plugins/transport_tcp -e plugins/allocators \
+    -e plugins/routing
+# The multi-host tests start a throwaway Slurm cluster from the distribution's packages.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    scripts/install_slurm.sh
+else
+    echo "forge: not root or no apt-get: install slurmctld slurmd slurm-client munge for the Slurm test"
+fi
 echo "forge: set up in $(pwd)/.venv ($(.venv/bin/forge plugins | wc -l) plugins)"

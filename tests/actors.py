@@ -142,3 +142,16 @@ class Caller(Actor):
     async def total(self, counters) -> int:
         values = await counters.get_value.call()
         return sum(values)
+
+
+class Where(Actor):
+    """Reports where it runs (for multi-host tests)."""
+
+    @endpoint
+    def where(self):
+        return (current_rank().rank, os.environ.get("FORGE_HOST_ID"), os.environ.get("RANK"),
+                os.environ.get("WORLD_SIZE"), os.getpid())
+
+    @endpoint(concurrent=True)  # it calls its own mesh, itself included: must not block
+    async def call_other(self, mesh) -> list:
+        return [w[1] for w in await mesh.where.call()]

@@ -45,12 +45,12 @@ class TcpTransport:
         return self.name in peer.addresses
 
     async def listen(self, on_connection: Callable[[Connection], None], auth: Authenticator,
-                     host: str | None = None) -> str:
+                     host: str | None = None, port: int = 0) -> str:
         host = host or os.environ.get(HOST_ENV, "127.0.0.1")
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: FrameProtocol(auth, server_side=True, on_ready=on_connection),
-            host, 0, backlog=1024)
+            host, port, backlog=1024, reuse_address=True)
         self._servers.append(server)
         port = server.sockets[0].getsockname()[1]
         advertised = os.environ.get(ADVERTISE_ENV)
@@ -174,6 +174,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._state == _CLIENT_WAIT_ANSWER and exc is None:
+            # A server closes right after our answer only when our MAC was wrong.
+            exc = AuthenticationError("the peer refused our cluster secret")
         self._state = _CLOSED
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
