@@ -1,6 +1,6 @@
 """Single-process check that the demo's RL loop actually learns.
 
-    python -m forge_core.demo.learncheck [--seed 0] [--steps 50]
+    python -m forge_core.demo.learncheck [--seed 0] [--steps 50] [--generator torch|vllm]
 
 Each step: sample prompts -> generate G completions per prompt with the
 torch generator -> score -> group-relative advantages -> one GRPO update ->
@@ -43,6 +43,7 @@ class LearnConfig:
     num_layers: int = 2
     num_heads: int = 2
     init_std: float = 0.1
+    generator: str = "torch"  # or "vllm" (needs vllm installed)
 
 
 @dataclass
@@ -77,7 +78,12 @@ def run(cfg: LearnConfig, log=print) -> LearnResult:
     model_cfg = model_config_for(cfg, tokenizer)
     task = AdditionTask(max_operand=cfg.max_operand, template=cfg.template)
     trainer = Trainer(model_cfg, init_seed=cfg.seed, lr=cfg.lr, pad_id=tokenizer.pad_id)
-    generator = TorchGenerator(model_cfg, seed=cfg.seed + 1, init_seed=cfg.seed, tokenizer=tokenizer)
+    if cfg.generator == "vllm":
+        from forge_core.demo.vllm_generator import VLLMGenerator
+
+        generator = VLLMGenerator(model_cfg, seed=cfg.seed + 1, init_seed=cfg.seed, tokenizer=tokenizer)
+    else:
+        generator = TorchGenerator(model_cfg, seed=cfg.seed + 1, init_seed=cfg.seed, tokenizer=tokenizer)
     prompt_rng = random.Random(cfg.seed)
     log(f"model: {count_parameters(trainer.model)} parameters; chance success rate {CHANCE_SUCCESS_RATE}")
 
