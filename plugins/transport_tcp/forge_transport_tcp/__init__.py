@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import struct
 from typing import Callable, Sequence
 
@@ -25,6 +26,8 @@ log = logging.getLogger("forge.tcp")
 
 HOST_ENV = "FORGE_TCP_HOST"  # address to listen on (default: loopback)
 ADVERTISE_ENV = "FORGE_TCP_ADVERTISE"  # address peers should dial, if not the listen address
+# TLS (optional): encrypt every connection. Authentication stays the HMAC handshake inside it.
+TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = "FORGE_TLS_CERT", "FORGE_TLS_KEY", "FORGE_TLS_CA"
 HANDSHAKE_TIMEOUT = float(os.environ.get("FORGE_HANDSHAKE_TIMEOUT", "10"))
 MAX_META = int(os.environ.get("FORGE_MAX_META_BYTES", str(256 << 20)))
 MAX_MESSAGE = int(os.environ.get("FORGE_MAX_MESSAGE_BYTES", str(32 << 30)))
@@ -32,6 +35,27 @@ MAX_BUFFERS = 4096
 
 _FRAME = struct.Struct("<II")
 _STAGING = 256 * 1024
+
+
+def tls_contexts() -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server, client) TLS contexts from FORGE_TLS_CERT/KEY[/CA], or (None, None).
+
+    The certificate is verified against FORGE_TLS_CA (default: the certificate itself, for a
+    self-signed pair shared by the cluster); host names are not checked, since peers are
+    addressed by IP and proven by the HMAC handshake.
+    """
+    cert, key = os.environ.get(TLS_CERT_ENV), os.environ.get(TLS_KEY_ENV)
+    if not cert:
+        return None, None
+    if not key:
+        raise TransportError(f"{TLS_CERT_ENV} is set but {TLS_KEY_ENV} is not: TLS needs both")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_REQUIRED
+    client.load_verify_locations(os.environ.get(TLS_CA_ENV) or cert)
+    return server, client
 
 
 class TcpTransport:
@@ -48,9 +72,10 @@ class TcpTransport:
                      host: str | None = None, port: int = 0) -> str:
         host = host or os.environ.get(HOST_ENV, "127.0.0.1")
         loop = asyncio.get_running_loop()
+        server_tls, _ = tls_contexts()
         server = await loop.create_server(
             lambda: FrameProtocol(auth, server_side=True, on_ready=on_connection),
-            host, port, backlog=1024, reuse_address=True)
+            host, port, backlog=1024, reuse_address=True, ssl=server_tls)
         self._servers.append(server)
         port = server.sockets[0].getsockname()[1]
         advertised = os.environ.get(ADVERTISE_ENV)
@@ -71,11 +96,12 @@ class TcpTransport:
             if not ready.done():
                 ready.set_exception(exc)
 
+        _, client_tls = tls_contexts()
         try:
             _, protocol = await loop.create_connection(
                 lambda: FrameProtocol(auth, server_side=False, on_ready=on_ready,
-                                      on_failed=on_failed), host, int(port))
-        except OSError as exc:
+                                      on_failed=on_failed), host, int(port), ssl=client_tls)
+        except (OSError, ssl.SSLError) as exc:
             raise TransportError(f"cannot connect to {address}: {exc}") from exc
         try:
             return await asyncio.wait_for(ready, HANDSHAKE_TIMEOUT)
