@@ -91,8 +91,12 @@ class ChildProc:
         loop.create_task(self._reap())
 
     async def _reap(self) -> None:
-        loop = self.runtime.home_loop
-        code = await loop.run_in_executor(None, self.popen.wait)
+        # The hello pipe closes as the process exits, so it is (nearly) always a zombie by
+        # now: poll for it rather than park a thread in wait() for each child.
+        delay = 0.001
+        while (code := self.popen.poll()) is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
         if not self.ready.done():
             self.ready.set_exception(SupervisionError(
                 f"proc rank {self.rank} (pid {self.pid}) exited with code {code} before it "

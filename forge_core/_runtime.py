@@ -230,6 +230,13 @@ class Runtime:
         raise TransportError(f"no installed transport reaches {peer}: it offers "
                              f"{sorted(peer.addresses)}, this process has {sorted(self.transports)}")
 
+    def forget_channel(self, channel: "Channel") -> None:
+        """Drop a broken channel (calls to a dead peer fail fast through ``dead``)."""
+        key = (id(channel.loop), channel.peer.proc_id)
+        with self._channels_lock:
+            if self._channels.get(key) is channel:
+                del self._channels[key]
+
     def mark_dead(self, proc_id: str, reason: str) -> None:
         if proc_id in self.dead:
             return
@@ -355,6 +362,7 @@ class Channel:
     def _break(self, error: BaseException) -> None:
         if self.broken is None:
             self.broken = error
+        self.runtime.forget_channel(self)
         self.runtime.mark_dead(self.peer.proc_id, str(error))
         waiting, self._waiting = self._waiting, {}
         for sink in waiting.values():

@@ -204,6 +204,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
             # A server closes right after our answer only when our MAC was wrong.
             exc = AuthenticationError("the peer refused our cluster secret")
         self._state = _CLOSED
+        self._staging = bytearray()  # a closed connection may be referenced for a while
+        self._start = self._end = 0
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         if not self._ready:
