@@ -19,6 +19,9 @@ _EXPORTS = {
     "Future": "forge_core._future",
     "endpoint": "forge_core._endpoint",
     "hookimpl": "forge_core.hookspecs",
+    "ForgeActor": "forge_core.service",
+    "ServiceInterface": "forge_core.service",
+    "NoReplicaAvailable": "forge_core.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -216,8 +216,11 @@ def _future_of(source: concurrent.futures.Future, convert) -> Future:
     def done(f: concurrent.futures.Future) -> None:
         if f.exception() is not None:
             out.set_exception(f.exception())
-        else:
+            return
+        try:
             out.set_result(convert(f.result()))
+        except BaseException as exc:  # e.g. a constructor failed: `initialized` raises it
+            out.set_exception(exc)
 
     source.add_done_callback(done)
     return ThreadFuture(out)

@@ -42,3 +42,26 @@ class TransportError(ForgeError):
 
 class AuthenticationError(TransportError):
     """A peer failed to prove it holds the cluster secret."""
+
+
+class RoutingError(ForgeError):
+    """A service could not route a call."""
+
+
+class NoReplicaAvailable(RoutingError):
+    """No healthy replica of a service can take a call: every replica is dead, restarting or
+    failed, or the service was shut down. ``reason`` says which."""
+
+    def __init__(self, *, service: str = "?", endpoint: str = "?", reason: str = ""):
+        self.service = service
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(f"no healthy replica of service {service!r} can take {endpoint!r}"
+                         + (f": {reason}" if reason else ""))
+
+    def __reduce__(self):
+        return (_no_replica_available, (self.service, self.endpoint, self.reason))
+
+
+def _no_replica_available(service: str, endpoint: str, reason: str) -> NoReplicaAvailable:
+    return NoReplicaAvailable(service=service, endpoint=endpoint, reason=reason)

