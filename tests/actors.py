@@ -155,3 +155,14 @@ class Where(Actor):
     @endpoint(concurrent=True)  # it calls its own mesh, itself included: must not block
     async def call_other(self, mesh) -> list:
         return [w[1] for w in await mesh.where.call()]
+
+
+from forge_core import ForgeActor  # noqa: E402
+
+
+class HostReplica(ForgeActor):
+    """A service replica that says which host it runs on."""
+
+    @endpoint
+    def host(self) -> str:
+        return os.environ.get("FORGE_HOST_ID", "?")

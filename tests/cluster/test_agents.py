@@ -108,3 +108,18 @@ def test_agent_requires_a_secret(tmp_path):
                           "127.0.0.2:0", "--secret-file", str(loose)], env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "chmod 600" in out.stderr
+
+
+async def test_a_service_across_agent_hosts(agents):
+    from actors import HostReplica
+
+    service = await HostReplica.options(num_replicas=2, hosts=agents.addresses[:2]).as_service()
+    try:
+        hosts = set()
+        for _ in range(8):
+            hosts.add(await service.host.route())
+        assert hosts <= {"host1", "host2"} and hosts
+        assert sorted(await service.host.fanout()) in (["host1", "host1"], ["host1", "host2"],
+                                                       ["host2", "host2"])
+    finally:
+        await service.shutdown()

@@ -50,3 +50,16 @@ def test_mesh_across_slurm_nodes(tmp_path, monkeypatch):
             pids = [w[4] for w in where]
             mesh.stop().get(timeout=15)
             assert not wait_gone(pids)
+            # ... and a service whose replicas span the Slurm nodes
+            import asyncio
+
+            from actors import HostReplica
+
+            async def service_across_nodes() -> list:
+                service = await HostReplica.options(num_replicas=2, hosts=addresses).as_service()
+                try:
+                    return [await service.host.route() for _ in range(4)]
+                finally:
+                    await service.shutdown()
+
+            assert set(asyncio.run(service_across_nodes())) <= {"node1", "node2"}
