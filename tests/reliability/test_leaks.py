@@ -41,10 +41,14 @@ def _counts() -> dict[str, int]:
     }
 
 
+BLOB = os.urandom(256 << 10)  # large enough to travel out of band (shared memory on one host)
+
+
 async def _cycle(i: int) -> None:
     procs = spawn_procs(per_host={"procs": 2})
     mesh = procs.spawn("c", Counter, i)
     assert await mesh.get_value.call() == [i, i]
+    assert await mesh.echo.call(BLOB) == [BLOB, BLOB]
     await procs.stop()
 
 
