@@ -77,13 +77,17 @@ def test_children_die_with_their_parent(tmp_path, how):
         procs = spawn_procs(per_host={"procs": 3})
         pids = procs.spawn("p", Pid).pid.call().get(timeout=30)
         print(" ".join(map(str, pids)), flush=True)
+        sys.stdin.readline()  # the test has seen the children alive
         if sys.argv[1] == "exit":
             os._exit(0)
         time.sleep(60)
     """))
-    parent = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE,
+                              stdin=subprocess.PIPE, text=True)
     pids = [int(p) for p in parent.stdout.readline().split()]
     assert len(pids) == 3 and all(_alive(p) for p in pids)
+    parent.stdin.write("go\n")
+    parent.stdin.flush()
     if how == "kill9":
         parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
