@@ -37,30 +37,45 @@ def unpack(meta: bytes) -> tuple[int, int, bytes, int]:
 
 
 def encode_error(exc: BaseException, where: str) -> tuple[bytes, list]:
-    """Pickle an endpoint's exception, with its traceback, for the caller."""
+    """Pickle an endpoint's exception, with its traceback, for the caller.
+
+    The message and traceback travel apart from the exception itself (pickled on its own), so
+    that the caller still learns what was raised, where, when the exception cannot be unpickled
+    there (a custom ``__init__`` that its ``args`` do not fit, a class the caller lacks)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    message = f"{where} raised {type(exc).__name__}: {exc}"
+    summary = f"{type(exc).__name__}: {exc}"
+    message = f"{where} raised {summary}"
     try:
-        return _wire.dumps((exc, message, tb))
+        blob, buffers = _wire.dumps(exc)
     except Exception as pickling_error:  # the exception itself does not pickle
-        stand_in = RemoteException(f"{type(exc).__name__}: {exc}")
-        note = f"{message} (the exception could not be pickled: {pickling_error!r})"
-        return _wire.dumps((stand_in, note, tb))
+        message = f"{message} (the exception could not be pickled: {pickling_error!r})"
+        blob, buffers = _wire.dumps(RemoteException(summary))
+    return _wire.dumps((message, tb, summary, blob))[0], buffers
 
 
 def encode_failure(message: str) -> tuple[bytes, list]:
     """An error the kernel itself reports (bad arguments on arrival, unknown actor, ...)."""
-    return _wire.dumps((RemoteException(message), message, ""))
+    blob, buffers = _wire.dumps(RemoteException(message))
+    return _wire.dumps((message, "", message, blob))[0], buffers
 
 
 def decode_reply(kind: int, meta: bytes, offset: int, buffers: list) -> Any:
     """Turn a reply into the value, or raise ``ActorError``."""
     if kind == REPLY_OK:
-        return _wire.loads(memoryview(meta)[offset:], buffers)
+        try:
+            return _wire.loads(memoryview(meta)[offset:], buffers)
+        except Exception as exc:  # neither the endpoint raised nor the caller's code: say so
+            raise ActorError(f"the result of the call could not be unpickled here: "
+                             f"{exc!r}") from exc
     try:
-        exc, message, tb = _wire.loads(memoryview(meta)[offset:], buffers)
+        message, tb, summary, blob = _wire.loads(memoryview(meta)[offset:], [])
     except Exception as unpickling_error:
-        raise ActorError(f"an endpoint failed and its error could not be unpickled here: "
+        raise ActorError(f"an endpoint failed and its error report could not be read: "
                          f"{unpickling_error!r}") from None
+    try:
+        exc = _wire.loads(blob, buffers)
+    except Exception as unpickling_error:
+        message = f"{message} (the exception could not be unpickled here: {unpickling_error!r})"
+        exc = RemoteException(summary)
     text = f"{message}\n\nRemote traceback:\n{tb}" if tb else message
     raise ActorError(text, exc, tb)
