@@ -2,6 +2,9 @@
 
     python benchmarks/bench_kernel.py [--quick] [--json PATH]
 
+The measurements live in ``forge_core.bench`` (``forge bench`` runs them per transport, with
+repeats, a chart and JSON); this script keeps the kernel's own figures and start-up time.
+
 Figures (medians over repeats; ratios are ours / floor, lower is better for times):
   rtt        trivial cross-process call awaited one at a time vs raw uvloop TCP ping-pong
   pipelined  trivial calls with many in flight (calls/s)
@@ -13,72 +16,17 @@ Figures (medians over repeats; ratios are ours / floor, lower is better for time
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import uvloop
 
-import baselines as floor  # noqa: E402
-import uvloop  # noqa: E402
-
-from forge_core.actor import Actor, endpoint, spawn_procs  # noqa: E402
-
-
-class Bench(Actor):
-    @endpoint
-    def nop(self) -> None:
-        return None
-
-    @endpoint
-    def nbytes(self, tensor) -> int:
-        return tensor.numel() * tensor.element_size()
-
-
-async def _rtt(mesh, iterations: int) -> list[float]:
-    for _ in range(200):
-        await mesh.nop.call_one()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        await mesh.nop.call_one()
-        times.append((time.perf_counter() - start) * 1e6)
-    return times
-
-
-async def _pipelined(mesh, total: int, window: int = 1000) -> float:
-    await asyncio.gather(*(mesh.nop.call_one() for _ in range(window)))
-    start = time.perf_counter()
-    for _ in range(total // window):
-        await asyncio.gather(*(mesh.nop.call_one() for _ in range(window)))
-    return total / (time.perf_counter() - start)
-
-
-async def _gather(mesh, iterations: int) -> list[float]:
-    for _ in range(100):
-        await mesh.nop.call()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        await mesh.nop.call()
-        times.append((time.perf_counter() - start) * 1e6)
-    return times
-
-
-async def _tensor(mesh, nbytes: int, repeats: int) -> list[float]:
-    import torch
-
-    tensor = torch.rand(nbytes // 4)
-    await mesh.nbytes.call_one(tensor)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        assert await mesh.nbytes.call_one(tensor) == nbytes
-        rates.append(nbytes / (time.perf_counter() - start) / 1e9)
-    return rates
+from forge_core.actor import spawn_procs
+from forge_core.bench import floors as floor
+from forge_core.bench.calls import Bench, gather_us, latencies_us, pipelined_calls_s, tensor_gbps
 
 
 def _startup_forge(repeats: int) -> list[float]:
@@ -128,16 +76,16 @@ def run(quick: bool) -> dict:
         procs = spawn_procs(per_host={"procs": 4})
         mesh = procs.spawn("b", Bench)
         one = mesh.slice(procs=0)
-        rtt = floor.median(await _rtt(one, n))
-        pipelined = await _pipelined(one, 20000 if quick else 100000)
-        gather = floor.median(await _gather(mesh, n // 2))
+        rtt = floor.median(await latencies_us(one, n))
+        pipelined = await pipelined_calls_s(one, 20000 if quick else 100000)
+        gather = floor.median(await gather_us(mesh, n // 2))
         tensor = None
         try:
-            import torch  # noqa: F401
-
-            tensor = floor.median(await _tensor(one, 256 << 20, 3 if quick else 5))
+            import torch
         except ImportError:
             pass
+        else:
+            tensor = floor.median(await tensor_gbps(one, torch.rand(64 << 20), 3 if quick else 5))
         await procs.stop()
         return rtt, pipelined, gather, tensor
 

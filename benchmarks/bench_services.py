@@ -10,6 +10,9 @@ Figures (medians over repeats):
              bare spawn (process + actor + first call) of the same class
 
 Not measured: replicas of several processes, remote hosts, interfaces in other processes.
+
+``forge bench`` runs route() and every installed routing policy (``forge_core.bench.services``,
+shared with this script); the recovery figure is this script's own.
 """
 
 from __future__ import annotations
@@ -20,99 +23,42 @@ import json
 import logging
 import os
 import signal
-import statistics
 import sys
 import time
 
 import uvloop
 
-from forge_core import ForgeActor, endpoint
 from forge_core.actor import spawn_procs
+from forge_core.bench.floors import median, percentile
+from forge_core.bench.services import FAST_S, SLOW_S, Bench, under_load
+from forge_core.bench.services import route_vs_call_one as _route_vs_call_one
 from forge_core.service._controller import STABLE_AFTER
-
-FAST_S, SLOW_S = 0.002, 0.500
-
-
-class Bench(ForgeActor):
-    def __init__(self, slow_replica: int = -1):
-        index = int(os.environ.get("FORGE_REPLICA_INDEX", "-1"))
-        self.delay = SLOW_S if index == slow_replica else FAST_S
-
-    @endpoint
-    def nop(self) -> None:
-        return None
-
-    @endpoint
-    def pid(self) -> int:
-        return os.getpid()
-
-    @endpoint(concurrent=True)
-    async def work(self) -> float:
-        await asyncio.sleep(self.delay)  # a generator that batches: calls overlap
-        return self.delay
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- route vs call_one ---------------------------------------------------------------------------
 async def route_vs_call_one(calls: int, repeats: int) -> tuple[float, float]:
     svc = await Bench.as_service()
-    mesh = svc._slots[0].target[1]  # the replica's own ActorMesh: the direct path
-    for _ in range(300):
-        await svc.nop.route()
-        await mesh.nop.call_one()
-    direct, routed = [], []
-    for _ in range(repeats):
-        a, b = [], []
-        for _ in range(calls):  # interleaved, so both see the same machine
-            start = time.perf_counter()
-            await mesh.nop.call_one()
-            a.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await svc.nop.route()
-            b.append(time.perf_counter() - start)
-        direct.append(median(a) * 1e6)
-        routed.append(median(b) * 1e6)
+    await _route_vs_call_one(svc, 300)  # warm-up
+    pairs = [await _route_vs_call_one(svc, calls) for _ in range(repeats)]
     await svc.shutdown()
-    return median(routed), median(direct)
+    return median([r for r, _ in pairs]), median([d for _, d in pairs])
 
 
 # -- one slow replica ----------------------------------------------------------------------------
-async def under_load(svc, clients: int, seconds: float) -> list[float]:
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-
-    async def client() -> None:
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            await svc.work.route()
-            latencies.append((time.perf_counter() - start) * 1e3)
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies
-
-
 async def slow_replica(seconds: float, clients: int) -> dict:
     out = {}
     for router in ("round_robin", "least_loaded"):
         svc = await Bench.options(num_replicas=3, router=router).as_service(slow_replica=0)
-        await under_load(svc, clients, 0.3)  # warm up
-        lat = await under_load(svc, clients, seconds)
+        await under_load(svc, 0.3, clients)  # warm up
+        lat = await under_load(svc, seconds, clients)
         slow_share = svc.metrics()[0].completed / max(1, sum(m.completed for m in svc.metrics()))
-        out[router] = {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+        out[router] = {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
                        "calls": len(lat), "share_to_slow": slow_share}
         await svc.shutdown()
     svc = await Bench.options(num_replicas=2).as_service()  # the fast replicas alone
-    await under_load(svc, clients, 0.3)
-    lat = await under_load(svc, clients, seconds)
-    out["fast_only"] = {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+    await under_load(svc, 0.3, clients)
+    lat = await under_load(svc, seconds, clients)
+    out["fast_only"] = {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
                         "calls": len(lat)}
     await svc.shutdown()
     return out

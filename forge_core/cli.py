@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                     "raw uvloop ping-pong, raw socket bulk transfer, memcpy. Figures are "
                     "medians over repeats with min and max.")
     bench.add_argument("--quick", action="store_true",
-                       help="fewer calls, sizes 1M,16M, 64 MiB weights, 3 repeats (< 30 s)")
+                       help="fewer calls, sizes 1M,16M, 64 MiB weights, 3 repeats: a smoke run")
     bench.add_argument("--only", metavar="NAMES",
                        help="comma list of transports (inproc, shm, tcp), weight-sync backends "
                             "(shm, tcp, cuda_ipc, nccl) and/or sections (latency, pipelined, "
@@ -111,7 +111,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench.command import main as bench_main
-    from .bench.suite import Options
+    from .bench.options import Options
 
     try:
         options = Options.make(args.quick, args.only, args.sizes, args.repeat, args.weights_size,
