@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import pickle
 from collections import deque
 from typing import Any, Callable
 
@@ -21,6 +22,8 @@ from ._endpoint import endpoints_of
 from ._shape import Point
 
 log = logging.getLogger("forge.actor")
+
+_loads = pickle.loads
 
 # Reply = (kind, request_id, payload, buffers) -> None; None for fire-and-forget messages.
 Reply = Callable[[int, int, bytes, list], None]
@@ -42,29 +45,46 @@ class ActorHost:
         self.point = point
         self.class_name = type(instance).__name__
         self._endpoints = endpoints_of(type(instance))
+        self._by_wire_name = {spec.wire_name: spec for spec in self._endpoints.values()}
         self._queue: deque = deque()
         self._busy = False
 
-    def deliver(self, request_id: int, body: memoryview, buffers: list, reply: Reply | None,
-                track: Callable[[asyncio.Task], None] | None = None) -> None:
+    def deliver(self, request_id: int, meta: bytes, offset: int, buffers: list,
+                reply: Reply | None, track: Callable[[asyncio.Task], None] | None = None) -> None:
+        """Take one call, whose body is ``meta[offset:]`` (see ``_messages``)."""
         try:
-            name, args, kwargs = _wire.loads(body, buffers)
-        except Exception as exc:
-            self._fail(request_id, reply, f"{self.class_name}: could not unpickle the arguments "
-                                          f"of a call: {exc!r}")
+            arguments_at = offset + 1 + meta[offset]
+        except IndexError:
+            self._fail(request_id, reply, f"{self.class_name}: a call arrived without a body")
             return
-        spec = self._endpoints.get(name)
+        spec = self._by_wire_name.get(meta[offset:arguments_at])
         if spec is None:
+            name = bytes(meta[offset + 1:arguments_at]).decode(errors="replace")
             self._fail(request_id, reply, f"{self.class_name} has no endpoint {name!r}; its "
                                           f"endpoints are {sorted(self._endpoints)}")
             return
+        if arguments_at == len(meta):
+            args, kwargs = (), {}
+        else:
+            try:
+                args, kwargs = _loads(memoryview(meta)[arguments_at:], buffers=buffers)
+            except Exception as exc:
+                self._fail(request_id, reply, f"{self.class_name}: could not unpickle the "
+                                              f"arguments of a call to {spec.name}: {exc!r}")
+                return
+        if not spec.is_async:
+            if self._busy:  # an async call is running: wait for it, in order
+                self._queue.append((spec, request_id, args, kwargs, reply, track))
+            else:  # idle: run it right here (the queue is empty whenever the actor is idle)
+                self._call_sync(spec, request_id, args, kwargs, reply)
+            return
         message = (spec, request_id, args, kwargs, reply, track)
-        if spec.concurrent and spec.is_async:
+        if spec.concurrent:
             self._start_async(message, concurrent=True)
         elif self._busy:
             self._queue.append(message)
         else:
-            self._run(message)
+            self._start_async(message, concurrent=False)
 
     def _fail(self, request_id: int, reply: Reply | None, text: str) -> None:
         if reply is None:
@@ -73,26 +93,32 @@ class ActorHost:
         payload, buffers = m.encode_failure(text)
         reply(m.REPLY_ERR, request_id, payload, buffers)
 
-    def _run(self, message: tuple) -> None:
-        """Run messages inline until one needs a task or the queue is empty."""
-        while True:
-            spec = message[0]
-            if spec.is_async:
-                self._start_async(message, concurrent=False)
-                return
-            spec_, request_id, args, kwargs, reply, _ = message
-            token = _current_point.set(self.point)
-            try:
-                result = getattr(self.instance, spec.name)(*args, **kwargs)
-            except Exception as exc:
-                self._answer_error(spec, request_id, reply, exc)
+    def _call_sync(self, spec, request_id: int, args: tuple, kwargs: dict,
+                   reply: Reply | None) -> None:
+        token = _current_point.set(self.point)
+        try:
+            result = getattr(self.instance, spec.name)(*args, **kwargs)
+        except Exception as exc:
+            self._answer_error(spec, request_id, reply, exc)
+        else:
+            if reply is None:
+                pass
+            elif result is None:
+                reply(m.REPLY_OK, request_id, b"", [])  # an empty reply is None
             else:
                 self._answer(spec, request_id, reply, result)
-            finally:
-                _current_point.reset(token)
-            if not self._queue:
-                return
+        finally:
+            _current_point.reset(token)
+
+    def _run_queued(self) -> None:
+        """After an async call: run what waited, inline, until one needs a task again."""
+        while self._queue and not self._busy:
             message = self._queue.popleft()
+            spec, request_id, args, kwargs, reply, _ = message
+            if spec.is_async:
+                self._start_async(message, concurrent=False)
+            else:
+                self._call_sync(spec, request_id, args, kwargs, reply)
 
     def _start_async(self, message: tuple, concurrent: bool) -> None:
         if not concurrent:
@@ -118,11 +144,13 @@ class ActorHost:
         finally:
             if not concurrent:
                 self._busy = False
-                if self._queue:
-                    self._run(self._queue.popleft())
+                self._run_queued()
 
     def _answer(self, spec, request_id: int, reply: Reply | None, result: Any) -> None:
         if reply is None:
+            return
+        if result is None:
+            reply(m.REPLY_OK, request_id, b"", [])  # an empty reply is None
             return
         try:
             payload, buffers = _wire.dumps(_wire.wrap_large_bytes(result))

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import pickle
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _wire
+from . import _messages, _wire
 
 _ATTR = "_forge_endpoint"
 
@@ -29,6 +28,9 @@ class EndpointSpec:
     # The number of parameters when all are plain positional ones without defaults: then a
     # call with exactly that many positional arguments needs no full ``bind`` (hot path).
     plain_arity: int | None = None
+    # The name as a call's body starts with it (see _messages); alone, it is a call with no
+    # arguments.
+    wire_name: bytes = b""
 
     def check_arguments(self, class_name: str, args: tuple, kwargs: dict) -> None:
         if not kwargs and len(args) == self.plain_arity:
@@ -88,20 +90,23 @@ def endpoints_of(cls: type) -> dict[str, EndpointSpec]:
         params = signature.parameters.values()
         plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         specs[name] = EndpointSpec(name, is_async, concurrent and is_async, retry, signature,
-                                   len(params) if plain else None)
+                                   len(params) if plain else None, _messages.wire_name(name))
     return specs
 
 
 def encode_call(class_name: str, spec: EndpointSpec, args: tuple, kwargs: dict
                 ) -> tuple[bytes, list]:
     """Check and pickle a call's arguments at the caller; errors name the argument."""
+    if not args and not kwargs and spec.plain_arity == 0:
+        return spec.wire_name, []
     spec.check_arguments(class_name, args, kwargs)
     if all(map(_wire.is_plain, args)) and (not kwargs or all(map(_wire.is_plain, kwargs.values()))):
-        return pickle.dumps((spec.name, args, kwargs), _wire.PROTOCOL), []
+        return _messages.call_body(spec.wire_name, args, kwargs), []
     args = tuple(_wire.wrap_large_bytes(a) for a in args)
     kwargs = {k: _wire.wrap_large_bytes(v) for k, v in kwargs.items()}
     try:
-        return _wire.dumps((spec.name, args, kwargs))
+        pickled, buffers = _wire.dumps((args, kwargs))
+        return _messages.call_body(spec.wire_name, args, kwargs, pickled), buffers
     except NotReady:
         raise
     except Exception as exc:

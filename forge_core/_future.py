@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 from typing import Any, Generic, TypeVar
 
 from . import _messages as m
@@ -21,6 +22,7 @@ from ._shape import ValueMesh
 
 T = TypeVar("T")
 _get_running_loop = asyncio._get_running_loop
+_loads = pickle.loads
 
 
 class Future(Generic[T]):
@@ -90,6 +92,17 @@ class CallFuture(_LoopBound, asyncio.Future, Future):
     def _reply(self, kind: int, meta: bytes, offset: int, buffers: list) -> None:
         if self.done():
             return
+        if kind == m.REPLY_OK:  # the common case, decoded here without another call
+            if offset == len(meta):
+                self.set_result(None)  # an empty reply is None
+                return
+            try:
+                value = _loads(memoryview(meta)[offset:], buffers=buffers)
+            except Exception:
+                pass  # decode_reply below says what went wrong
+            else:
+                self.set_result(value)
+                return
         try:
             value = m.decode_reply(kind, meta, offset, buffers)
         except Exception as exc:

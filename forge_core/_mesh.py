@@ -210,6 +210,12 @@ async def _dumps_when_ready(obj: Any) -> tuple[bytes, list]:
             await _wait(pending.ready)
 
 
+async def _call_when_ready(spec: EndpointSpec, args: tuple, kwargs: dict) -> tuple[bytes, list]:
+    """A call's body, once every mesh among its arguments is up (their handles pickle then)."""
+    pickled, buffers = await _dumps_when_ready((args, kwargs))
+    return m.call_body(spec.wire_name, args, kwargs, pickled), buffers
+
+
 def _future_of(source: concurrent.futures.Future, convert) -> Future:
     out: concurrent.futures.Future = concurrent.futures.Future()
 
@@ -377,6 +383,7 @@ class ActorMesh:
         self._indices = indices
         self._next = itertools.count()
         self._ready_targets: list[ProcInfo] | None = None  # cached once spawned, for the hot path
+        self._last_channel: Any = None  # call_one()'s channel to rank 0, from the last loop used
 
     def __getattr__(self, name: str) -> "EndpointRef":
         if name.startswith("_"):
@@ -433,6 +440,13 @@ class ActorMesh:
         except NotReady:
             payload, buffers = None, []
         loop = _get_running_loop()
+        if mode == _ONE and payload is not None:
+            # The hot path: call_one() again from the loop of the last call, on its channel.
+            channel = self._last_channel
+            if channel is not None and channel.loop is loop and channel.broken is None:
+                future = CallFuture(loop=loop)
+                channel.request(m.REQUEST, self._actor_id, payload, buffers, future)
+                return future
         if loop is None:  # synchronous caller: the home loop makes the call
             return ThreadFuture(on_home_loop(
                 lambda: self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
@@ -457,7 +471,7 @@ class ActorMesh:
         try:
             await _wait(self._spawned)
             if payload is None:
-                payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
+                payload, buffers = await _call_when_ready(spec, args, kwargs)
         except BaseException as exc:
             future._fail(exc)
         else:
@@ -474,8 +488,15 @@ class ActorMesh:
         except Exception as exc:
             future._fail(exc)
             return future
-        runtime = Runtime.get()
         actor_id, transport = self._actor_id, self._transport
+        if mode == _ONE:
+            # The hot path: the channel to rank 0 from this loop is kept on the mesh.
+            last = self._last_channel
+            if last is None or last.loop is not loop or last.broken is not None:
+                last = self._last_channel = Runtime.get().channel(targets[0], loop, transport)
+            last.request(m.REQUEST, actor_id, payload, buffers, future)
+            return future
+        runtime = Runtime.get()
         if mode == _ALL:
             for index, info in enumerate(targets):
                 runtime.channel(info, loop, transport).request(
@@ -489,7 +510,7 @@ class ActorMesh:
             else:
                 future.set_result(None)
         else:
-            info = targets[0] if mode == _ONE else self._choose(targets, runtime.dead)
+            info = self._choose(targets, runtime.dead)
             runtime.channel(info, loop, transport).request(
                 m.REQUEST, actor_id, payload, buffers, future)
         return future
@@ -505,7 +526,7 @@ class ActorMesh:
                       args: tuple, kwargs: dict) -> AsyncIterator[Any]:
         await _wait(self._spawned)
         if payload is None:
-            payload, buffers = await _dumps_when_ready((spec.name, args, kwargs))
+            payload, buffers = await _call_when_ready(spec, args, kwargs)
         loop = asyncio.get_running_loop()
         runtime = Runtime.get()
         pending = []

@@ -1,12 +1,18 @@
 """The kernel's envelope: what every message between Forge processes starts with.
 
-``meta = HEADER(kind, request_id, len(actor_id)) + actor_id + pickle``. The envelope is a fixed
+``meta = HEADER(kind, request_id, len(actor_id)) + actor_id + body``. The envelope is a fixed
 struct, not pickle, so a process can always answer a request (for instance with "could not
 unpickle your arguments") without trusting its body.
+
+The body of a call is ``u8 len(name) + name + pickle((args, kwargs))``, the pickle left out
+when there are no arguments; the body of a reply is the pickled result, empty for ``None``.
+Most calls of an RL loop (``step()``, ``nop()``, a weight-sync notice) thus need no pickle at
+either end.
 """
 
 from __future__ import annotations
 
+import pickle
 import struct
 import traceback
 from typing import Any
@@ -23,6 +29,21 @@ REPLY_ERR = 4
 SPAWN = 5  # construct an actor; a reply follows
 STOP = 6  # stop this process
 PING = 7  # liveness probe; a reply follows
+
+
+def wire_name(name: str) -> bytes:
+    """An endpoint's name as a call body starts with it."""
+    encoded = name.encode()
+    if len(encoded) > 255:
+        raise TypeError(f"endpoint name {name[:40]!r}... is longer than 255 bytes")
+    return bytes([len(encoded)]) + encoded
+
+
+def call_body(wire: bytes, args: tuple, kwargs: dict, pickled: bytes | None = None) -> bytes:
+    """The body of a call; ``pickled`` is ``(args, kwargs)`` already pickled, if any."""
+    if pickled is None and (args or kwargs):
+        pickled = pickle.dumps((args, kwargs), _wire.PROTOCOL)
+    return wire + pickled if pickled else wire
 
 
 def pack(kind: int, request_id: int, actor_id: bytes, payload: bytes) -> bytes:
@@ -62,6 +83,8 @@ def encode_failure(message: str) -> tuple[bytes, list]:
 def decode_reply(kind: int, meta: bytes, offset: int, buffers: list) -> Any:
     """Turn a reply into the value, or raise ``ActorError``."""
     if kind == REPLY_OK:
+        if offset == len(meta):
+            return None
         try:
             return _wire.loads(memoryview(meta)[offset:], buffers)
         except Exception as exc:  # neither the endpoint raised nor the caller's code: say so

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import secrets
@@ -38,6 +39,7 @@ TRANSPORT_ENV = "FORGE_TRANSPORT"  # force one transport by name, for every peer
 HOST_ID_ENV = "FORGE_HOST_ID"
 
 _get_running_loop = asyncio._get_running_loop  # None outside a loop, no exception: hot path
+_unpack_header, _pack_header, _HEADER_SIZE = m.HEADER.unpack_from, m.HEADER.pack, m.HEADER.size
 
 
 def host_identity() -> str:
@@ -124,47 +126,39 @@ class Runtime:
         self.info = ProcInfo(self.info.proc_id, self.info.host_id, self.info.pid, addresses)
 
     def _accept(self, conn: Connection) -> None:
-        def reply(kind: int, request_id: int, payload: bytes, buffers: list) -> None:
-            try:
-                conn.send(m.pack(kind, request_id, b"", payload), buffers)
-            except ConnectionError:
-                pass  # the caller is gone; nobody waits for this reply
-
-        # Async calls still running for a caller that disconnects are cancelled: nobody can
-        # receive their results (a host agent learns this way that its client is gone).
-        running: set[asyncio.Task] = set()
-
-        def track(task: asyncio.Task) -> None:
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-        def closed(exc: BaseException | None) -> None:
-            for task in list(running):
-                task.cancel()
-
-        conn.set_receiver(lambda meta, buffers: self.dispatch(meta, buffers, reply, track), closed)
+        caller = _Caller(conn)
+        conn.set_receiver(functools.partial(self.dispatch, caller.reply, caller.track),
+                          caller.closed)
 
     # -- receiving ---------------------------------------------------------------------------
-    def dispatch(self, meta: bytes, buffers: list, reply: Callable,
-                 track: Callable[[asyncio.Task], None] | None = None) -> None:
-        """Handle one incoming message on the home loop. ``track`` is told of the task that
-        runs an async call, so that the caller's disconnection can cancel it."""
-        kind, request_id, actor_id, offset = m.unpack(meta)
+    def dispatch(self, reply: Callable, track: Callable[[asyncio.Task], None] | None,
+                 meta: bytes, buffers: list) -> None:
+        """Handle one incoming message on the home loop (the hot path of every call).
+
+        ``meta`` is bytes-like (a transport may hand over a bytearray). ``track`` is told of
+        the task that runs an async call, so that the caller's disconnection can cancel it."""
+        if type(meta) is not bytes:  # a large frame's metadata may come as a bytearray
+            meta = bytes(meta)
+        kind, request_id, actor_len = _unpack_header(meta)
         if kind == m.REQUEST or kind == m.SEND:
-            respond = reply if kind == m.REQUEST else None
+            offset = _HEADER_SIZE + actor_len
+            actor_id = meta[_HEADER_SIZE:offset]
             host = self.actors.get(actor_id)
+            if kind == m.SEND:
+                reply = track = None  # type: ignore[assignment]
             if host is not None:
-                host.deliver(request_id, memoryview(meta)[offset:], buffers, respond,
-                             track if respond is not None else None)
+                host.deliver(request_id, meta, offset, buffers, reply, track)
                 return
             text = self.failed_actors.get(actor_id) or (
                 f"no actor {actor_id.decode(errors='replace')!r} in {self.info} "
                 f"(it was stopped, or never spawned here)")
-            if respond is not None:
-                respond(m.REPLY_ERR, request_id, *m.encode_failure(text))
+            if reply is not None:
+                reply(m.REPLY_ERR, request_id, *m.encode_failure(text))
             else:
                 log.error("%s", text)
-        elif kind == m.SPAWN:
+            return
+        kind, request_id, actor_id, offset = m.unpack(meta)
+        if kind == m.SPAWN:
             self._spawn_actor(request_id, actor_id, memoryview(meta)[offset:], buffers, reply)
         elif kind == m.PING:
             reply(m.REPLY_OK, request_id, *_wire.dumps(None))
@@ -267,6 +261,32 @@ class Runtime:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Caller:
+    """One inbound connection, as the actors it calls see it: where replies go, and the async
+    calls still running for it (cancelled if it disconnects: nobody could receive their results;
+    a host agent learns this way that its client is gone)."""
+
+    __slots__ = ("conn", "running")
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.running: set[asyncio.Task] = set()
+
+    def reply(self, kind: int, request_id: int, payload: bytes, buffers: list) -> None:
+        try:
+            self.conn.send(_pack_header(kind, request_id, 0) + payload, buffers)
+        except ConnectionError:
+            pass  # the caller is gone; nobody waits for this reply
+
+    def track(self, task: asyncio.Task) -> None:
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    def closed(self, exc: BaseException | None) -> None:
+        for task in list(self.running):
+            task.cancel()
+
+
 class Channel:
     """Ordered messages from one event loop of this process to one peer process.
 
@@ -325,7 +345,15 @@ class Channel:
         request_id = self._next_id
         self._next_id = request_id + 1
         self._waiting[request_id] = sink
-        self._send(m.pack(kind, request_id, actor_id, payload), buffers)
+        meta = _pack_header(kind, request_id, len(actor_id)) + actor_id + payload
+        conn = self._conn
+        if conn is None:
+            self._queue.append((meta, buffers))  # type: ignore[union-attr]
+            return
+        try:
+            conn.send(meta, buffers)
+        except ConnectionError as exc:
+            self._break(self._dead_error(repr(exc)))
 
     def post(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> None:
         if self.broken is not None:
@@ -343,10 +371,10 @@ class Channel:
             self._break(self._dead_error(repr(exc)))
 
     def _on_message(self, meta: bytes, buffers: list) -> None:
-        kind, request_id, actor_len = m.HEADER.unpack_from(meta)
+        kind, request_id, actor_len = _unpack_header(meta)
         sink = self._waiting.pop(request_id, None)
         if sink is not None:
-            sink._reply(kind, meta, m.HEADER.size + actor_len, buffers)
+            sink._reply(kind, meta, _HEADER_SIZE + actor_len, buffers)
 
     def _on_closed(self, exc: BaseException | None) -> None:
         self._break(self._dead_error(f"its connection closed ({exc!r})" if exc else "closed"))
@@ -395,9 +423,9 @@ class LocalChannel:
                 loop.call_soon_threadsafe(sink._reply, kind, payload, 0, copied)
 
         if loop is home:
-            home.call_soon(self.runtime.dispatch, meta, copies, reply)
+            home.call_soon(self.runtime.dispatch, reply, None, meta, copies)
         else:
-            home.call_soon_threadsafe(self.runtime.dispatch, meta, copies, reply)
+            home.call_soon_threadsafe(self.runtime.dispatch, reply, None, meta, copies)
 
 
 def on_home_loop(coro_factory: Callable[[], Any]) -> concurrent.futures.Future:

@@ -6,6 +6,7 @@ It reaches any host. A frame is::
 
 Buffers are written with ``writelines`` (scatter-gather, no copy into one big bytes) and read
 straight into a buffer of their exact size, which becomes the object the receiver sees.
+A receiver gets ``meta`` as ``bytes`` (or a ``bytearray`` for a frame read part by part).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ MAX_MESSAGE = int(os.environ.get("FORGE_MAX_MESSAGE_BYTES", str(32 << 30)))
 MAX_BUFFERS = 4096
 
 _FRAME = struct.Struct("<II")
-_STAGING = 256 * 1024
+# A frame up to this size is collected whole from successive reads before it is decoded;
+# a larger one is read part by part into buffers of their exact sizes.
+_COLLECT_LIMIT = 256 * 1024
 
 
 def tls_contexts() -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -116,16 +119,17 @@ class TcpTransport:
 
 
 # Protocol states
-_SERVER_WAIT_ANSWER, _CLIENT_WAIT_HELLO, _CLIENT_WAIT_ANSWER = range(3)
-_HEADER, _LENGTHS, _META, _BUFFERS, _CLOSED = range(3, 8)
+_SERVER_WAIT_ANSWER, _CLIENT_WAIT_HELLO, _CLIENT_WAIT_ANSWER, _FRAMES, _CLOSED = range(5)
 
 
-class FrameProtocol(asyncio.BufferedProtocol):
+class FrameProtocol(asyncio.Protocol):
     """One TCP connection: the handshake, then frames in both directions.
 
-    Reads land in a staging buffer; a large out-of-band buffer is read straight into a
-    bytearray of its exact size instead (``get_buffer`` hands that out), so its bytes are
-    copied once, by the kernel's socket read.
+    Small frames (every call and reply without large buffers) are decoded straight out of the
+    bytes each read returns, with as little Python as possible: this runs once per message.
+    A frame too large to collect that way has its parts (the metadata, then each buffer) read
+    straight into bytearrays of their exact sizes: the connection hands reading over to a
+    ``_PartReader`` until they are full, so those bytes are copied once, by the socket read.
     """
 
     def __init__(self, auth: Authenticator, server_side: bool, on_ready: Callable,
@@ -135,18 +139,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_failed = on_failed
         self._transport: asyncio.Transport | None = None
-        self._staging = bytearray(_STAGING)
-        self._start = 0
-        self._end = 0
-        self._target: memoryview | None = None  # a large buffer being filled in place
-        self._target_pos = 0
-        self._need = 0
+        self._pending = b""  # the start of a frame (or handshake step) whose rest has not come
         self._state = _CLIENT_WAIT_HELLO
         self._nonce = b""
-        self._meta_len = 0
-        self._lengths: tuple[int, ...] = ()
-        self._meta = b""
-        self._buffers: list[bytearray] = []
         self._on_message: Callable | None = None
         self._on_closed: Callable | None = None
         self._early: list[tuple[bytes, list]] = []
@@ -171,30 +166,38 @@ class FrameProtocol(asyncio.BufferedProtocol):
         if self._server_side:
             hello, self._nonce = self._auth.server_hello()
             transport.write(hello)  # type: ignore[attr-defined]
-            self._expect(_SERVER_WAIT_ANSWER, Authenticator.CLIENT_ANSWER_BYTES)
+            self._state = _SERVER_WAIT_ANSWER
         else:
-            self._expect(_CLIENT_WAIT_HELLO, Authenticator.SERVER_HELLO_BYTES)
+            self._state = _CLIENT_WAIT_HELLO
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self._target is not None:
-            return self._target[self._target_pos:]
-        if self._end == len(self._staging):
-            self._compact()
-        return memoryview(self._staging)[self._end:]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._target is not None:
-            self._target_pos += nbytes
-            if self._target_pos < len(self._target):
+    def data_received(self, data: bytes) -> None:
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        if self._state != _FRAMES:
+            data = self._handshake(data)
+            if not data:
                 return
-            self._target = None
-            self._next_buffer_done()
-        else:
-            self._end += nbytes
+        on_message = self._on_message
+        position, end = 0, len(data)
         try:
-            self._parse()
+            while end - position >= _FRAME.size and self._state == _FRAMES:
+                meta_len, n_buffers = _FRAME.unpack_from(data, position)
+                meta_end = position + _FRAME.size + meta_len
+                if n_buffers or meta_end > end or meta_len > MAX_META or on_message is None:
+                    position = self._frame(data, position)
+                    if position < 0:
+                        return  # the rest of the frame is yet to come
+                    continue
+                try:
+                    on_message(data[position + _FRAME.size:meta_end], [])
+                except Exception:  # the kernel reports its own errors; never kill the reader
+                    log.exception("error while handling a message from %s", self._peer)
+                position = meta_end
         except (TransportError, struct.error) as exc:
             self._reject(str(exc))
+            return
+        if position < end and self._state == _FRAMES:
+            self._pending = data[position:]
 
     def eof_received(self) -> bool:
         return False
@@ -204,8 +207,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             # A server closes right after our answer only when our MAC was wrong.
             exc = AuthenticationError("the peer refused our cluster secret")
         self._state = _CLOSED
-        self._staging = bytearray()  # a closed connection may be referenced for a while
-        self._start = self._end = 0
+        self._pending = b""  # a closed connection may be referenced for a while
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         if not self._ready:
@@ -229,15 +231,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
             on_closed(None if self._closing else ConnectionResetError("connection closed"))
 
     def send(self, meta: bytes, buffers: Sequence[memoryview] = ()) -> None:
-        transport = self._transport
-        if transport is None or self._state == _CLOSED or transport.is_closing():
+        if self._state == _CLOSED or self._closing or self._transport is None:
             raise ConnectionResetError(f"connection to {self._peer} is closed")
         if not buffers:
-            transport.write(_FRAME.pack(len(meta), 0) + meta)
+            self._transport.write(_FRAME.pack(len(meta), 0) + meta)
             return
         lengths = [memoryview(b).nbytes for b in buffers]
         header = _FRAME.pack(len(meta), len(buffers)) + struct.pack(f"<{len(buffers)}Q", *lengths)
-        transport.writelines([header + meta, *buffers])
+        self._transport.writelines([header + meta, *buffers])
 
     def close(self) -> None:
         self._closing = True
@@ -248,98 +249,47 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport else 0
 
-    # -- parsing -----------------------------------------------------------------------------
-    def _expect(self, state: int, nbytes: int) -> None:
-        self._state, self._need = state, nbytes
+    # -- frames ------------------------------------------------------------------------------
+    def _frame(self, data: bytes, position: int) -> int:
+        """Decode the frame at ``position`` (any frame the fast path does not take); return
+        where the next one starts, or -1 if the rest of this one has not arrived yet."""
+        meta_len, n_buffers = _FRAME.unpack_from(data, position)
+        if meta_len > MAX_META:
+            raise TransportError(f"frame metadata of {meta_len} bytes exceeds {MAX_META}")
+        if n_buffers > MAX_BUFFERS:
+            raise TransportError(f"frame with {n_buffers} buffers exceeds {MAX_BUFFERS}")
+        parts_start = position + _FRAME.size + 8 * n_buffers
+        if parts_start > len(data):
+            self._pending = data[position:]
+            return -1
+        lengths = struct.unpack_from(f"<{n_buffers}Q", data, position + _FRAME.size)
+        if sum(lengths) > MAX_MESSAGE:
+            raise TransportError(f"message of {sum(lengths)} bytes exceeds {MAX_MESSAGE}")
+        sizes = (meta_len, *lengths)
+        frame_end = parts_start + sum(sizes)
+        if frame_end <= len(data):  # all here: cut it out
+            view, parts, at = memoryview(data), [], parts_start
+            for size in sizes:
+                parts.append(bytearray(view[at:at + size]))
+                at += size
+            self._deliver(bytes(parts[0]), parts[1:])
+            return frame_end
+        if frame_end - position <= _COLLECT_LIMIT:  # small: collect it whole, then decode
+            self._pending = data[position:]
+            return -1
+        reader = _PartReader(self, sizes)
+        reader.take(memoryview(data)[parts_start:])
+        self._transport.set_protocol(reader)  # type: ignore[union-attr]
+        return -1
 
-    def _compact(self) -> None:
-        pending = self._end - self._start
-        if self._start:
-            self._staging[:pending] = self._staging[self._start:self._end]
-            self._start, self._end = 0, pending
-        if self._end == len(self._staging):  # one part is larger than the staging buffer
-            self._staging.extend(bytes(len(self._staging)))
-
-    def _take(self, nbytes: int) -> bytes:
-        chunk = bytes(self._staging[self._start:self._start + nbytes])
-        self._start += nbytes
-        return chunk
-
-    def _parse(self) -> None:
-        # Fast path: whole frames without out-of-band buffers (small calls and replies).
-        staging = self._staging
-        while self._state == _HEADER and self._end - self._start >= _FRAME.size:
-            start = self._start
-            meta_len, n_buffers = _FRAME.unpack_from(staging, start)
-            meta_start = start + _FRAME.size
-            if n_buffers or meta_len > MAX_META or meta_start + meta_len > self._end:
-                break
-            self._start = meta_start + meta_len
-            self._meta = bytes(staging[meta_start:self._start])
-            self._lengths = ()
-            self._deliver()
-        while self._state != _CLOSED and self._target is None:
-            available = self._end - self._start
-            if self._state == _BUFFERS:
-                self._fill_buffer(available)
-                continue
-            if available < self._need:
-                if self._need > len(self._staging) - self._start:
-                    self._compact()
-                return
-            self._step()
-        if self._start == self._end:
-            self._start = self._end = 0
-
-    def _step(self) -> None:
-        state = self._state
-        if state == _HEADER:
-            meta_len, n_buffers = _FRAME.unpack(self._take(_FRAME.size))
-            if meta_len > MAX_META:
-                raise TransportError(f"frame metadata of {meta_len} bytes exceeds {MAX_META}")
-            if n_buffers > MAX_BUFFERS:
-                raise TransportError(f"frame with {n_buffers} buffers exceeds {MAX_BUFFERS}")
-            self._meta_len = meta_len
-            if n_buffers:
-                self._expect(_LENGTHS, 8 * n_buffers)
-            else:
-                self._lengths = ()
-                self._expect(_META, meta_len)
-        elif state == _LENGTHS:
-            self._lengths = struct.unpack(f"<{self._need // 8}Q", self._take(self._need))
-            if sum(self._lengths) > MAX_MESSAGE:
-                raise TransportError(f"message of {sum(self._lengths)} bytes exceeds {MAX_MESSAGE}")
-            self._expect(_META, self._meta_len)
-        elif state == _META:
-            self._meta = self._take(self._meta_len)
-            self._buffers = []
-            if self._lengths:
-                self._state = _BUFFERS
-            else:
-                self._deliver()
-        else:
-            self._handshake_step(state)
-
-    def _fill_buffer(self, available: int) -> None:
-        size = self._lengths[len(self._buffers)]
-        buffer = bytearray(size)
-        have = min(available, size)
-        buffer[:have] = self._staging[self._start:self._start + have]
-        self._start += have
-        self._buffers.append(buffer)
-        if have < size:
-            self._target, self._target_pos = memoryview(buffer), have
+    def _parts_read(self, reader: "_PartReader") -> None:
+        """The large frame ``reader`` collected is complete: deliver it, read frames again."""
+        if self._state == _CLOSED:
             return
-        self._next_buffer_done()
+        self._transport.set_protocol(self)  # type: ignore[union-attr]
+        self._deliver(reader.parts[0], reader.parts[1:])
 
-    def _next_buffer_done(self) -> None:
-        if len(self._buffers) == len(self._lengths):
-            self._deliver()
-
-    def _deliver(self) -> None:
-        meta, buffers = self._meta, self._buffers
-        self._meta, self._buffers = b"", []
-        self._expect(_HEADER, _FRAME.size)
+    def _deliver(self, meta: bytes, buffers: list) -> None:
         if self._on_message is None:
             self._early.append((meta, buffers))
             return
@@ -349,8 +299,19 @@ class FrameProtocol(asyncio.BufferedProtocol):
             log.exception("error while handling a message from %s", self._peer)
 
     # -- handshake ---------------------------------------------------------------------------
-    def _handshake_step(self, state: int) -> None:
-        data = self._take(self._need)
+    def _handshake(self, data: bytes) -> bytes:
+        """Run handshake steps on ``data``; return what follows the handshake (frames)."""
+        while self._state not in (_FRAMES, _CLOSED):
+            need = _HANDSHAKE_BYTES[self._state]
+            if len(data) < need:
+                self._pending = data
+                return b""
+            step, data = data[:need], data[need:]
+            self._handshake_step(step)
+        return data if self._state == _FRAMES else b""
+
+    def _handshake_step(self, data: bytes) -> None:
+        state = self._state
         try:
             if state == _SERVER_WAIT_ANSWER:
                 answer = self._auth.check_client_answer(data, self._nonce)
@@ -359,7 +320,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             elif state == _CLIENT_WAIT_HELLO:
                 answer, self._nonce = self._auth.client_answer(data)
                 self._transport.write(answer)  # type: ignore[union-attr]
-                self._expect(_CLIENT_WAIT_ANSWER, Authenticator.SERVER_ANSWER_BYTES)
+                self._state = _CLIENT_WAIT_ANSWER
             elif state == _CLIENT_WAIT_ANSWER:
                 self._auth.check_server_answer(data, self._nonce)
                 self._authenticated()
@@ -370,7 +331,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         self._ready = True
-        self._expect(_HEADER, _FRAME.size)
+        self._state = _FRAMES
         self._on_ready(self)
 
     def _handshake_expired(self) -> None:
@@ -382,11 +343,67 @@ class FrameProtocol(asyncio.BufferedProtocol):
             return
         log.warning("closing TCP connection from %s: %s", self._peer, reason)
         self._state = _CLOSED
+        self._pending = b""
         if not self._ready and self._on_failed is not None:
             self._on_failed(AuthenticationError(reason))
             self._on_failed = None
         if self._transport is not None:
             self._transport.abort()
+
+
+_HANDSHAKE_BYTES = {
+    _SERVER_WAIT_ANSWER: Authenticator.CLIENT_ANSWER_BYTES,
+    _CLIENT_WAIT_HELLO: Authenticator.SERVER_HELLO_BYTES,
+    _CLIENT_WAIT_ANSWER: Authenticator.SERVER_ANSWER_BYTES,
+}
+
+
+class _PartReader(asyncio.BufferedProtocol):
+    """Reads the parts of one large frame (its metadata, then each buffer) straight into
+    bytearrays of their exact sizes; each is allocated only when its first byte is due, so a
+    length prefix alone allocates at most one part. The connection hands reading to it and
+    takes it back when the frame is complete."""
+
+    def __init__(self, owner: FrameProtocol, sizes: tuple[int, ...]):
+        self._owner = owner
+        self._sizes = sizes
+        self.parts: list[bytearray] = []
+        self._view = memoryview(b"")
+        self._filled = 0
+        self._next_part()
+
+    def _next_part(self) -> None:
+        """Open the next part that needs bytes; tell the owner once all are full."""
+        while len(self.parts) < len(self._sizes):
+            part = bytearray(self._sizes[len(self.parts)])
+            self.parts.append(part)
+            if part:
+                self._view, self._filled = memoryview(part), 0
+                return
+        self._view = memoryview(b"")
+        self._owner._parts_read(self)
+
+    def take(self, data: memoryview) -> None:
+        """The bytes that came with the frame's header, before reading was handed over."""
+        while data and self._view:
+            n = min(len(data), len(self._view) - self._filled)
+            self._view[self._filled:self._filled + n] = data[:n]
+            data = data[n:]
+            self.buffer_updated(n)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled == len(self._view):
+            self._next_part()
+
+    def eof_received(self) -> bool:
+        return self._owner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.connection_lost(exc)
 
 
 @hookimpl

@@ -22,6 +22,10 @@ class FakeTransport:
     def __init__(self):
         self.written = []
         self.closed = False
+        self.protocol = None  # set when the protocol hands reading over (set_protocol)
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
 
     def write(self, data):
         self.written.append(bytes(data))
@@ -42,12 +46,20 @@ class FakeTransport:
 
 
 def _feed(protocol: FrameProtocol, data: bytes, chunk: int) -> None:
+    """Deliver ``data`` in reads of at most ``chunk`` bytes, as the event loop would, to
+    whichever protocol reads the connection now."""
     view = memoryview(data)
-    while view and not protocol._transport.closed:
-        buffer = protocol.get_buffer(-1)
-        n = min(len(buffer), len(view), chunk)
-        buffer[:n] = view[:n]
-        protocol.buffer_updated(n)
+    transport = protocol._transport
+    while view and not transport.closed:
+        reader = transport.protocol or protocol
+        if isinstance(reader, asyncio.BufferedProtocol):
+            buffer = reader.get_buffer(-1)
+            n = min(len(buffer), len(view), chunk)
+            buffer[:n] = view[:n]
+            reader.buffer_updated(n)
+        else:
+            n = min(len(view), chunk)
+            reader.data_received(bytes(view[:n]))
         view = view[n:]
 
 
@@ -111,7 +123,7 @@ def test_mutated_valid_frames_never_crash(metas, flip, chunk):
     protocol = _authenticated_server(received)
     _feed(protocol, frames, chunk)
     for meta, buffers in received:
-        assert isinstance(meta, bytes) and buffers == []
+        assert isinstance(meta, (bytes, bytearray)) and buffers == []
 
 
 def test_valid_frames_arrive_whole_in_any_chunking():
@@ -137,3 +149,22 @@ def test_oversized_length_prefixes_are_refused_before_allocation():
         tracemalloc.stop()
     assert protocol._transport.closed
     assert grown < 10 << 20  # nothing near the claimed size was allocated
+
+
+def _frame(meta: bytes, buffers: list[bytes]) -> bytes:
+    lengths = struct.pack(f"<{len(buffers)}Q", *map(len, buffers))
+    return struct.pack("<II", len(meta), len(buffers)) + lengths + meta + b"".join(buffers)
+
+
+def test_large_frames_with_buffers_arrive_whole_in_any_chunking():
+    # Small frames are collected whole; large ones are read part by part into exact-size
+    # buffers (the connection hands reading over and back): both, interleaved, in any chunking.
+    messages = [(b"m" * 10, []), (b"a" * 300_000, [b"", b"x"]), (b"b", [b"y" * 400_000, b"z" * 5]),
+                (b"c" * 7, [b"w" * 100]), (b"", [b"q" * 300_000])]
+    stream = b"".join(_frame(meta, bufs) for meta, bufs in messages)
+    for chunk in (1000, 4096, 65536, 1 << 20, len(stream)):
+        received: list = []
+        protocol = _authenticated_server(received)
+        _feed(protocol, stream, chunk)
+        assert [(bytes(meta), [bytes(b) for b in bufs]) for meta, bufs in received] == messages
+        assert protocol._transport.protocol in (None, protocol)  # reading handed back
