@@ -1,7 +1,10 @@
 """Starting, watching and stopping the OS processes of a ProcMesh (on the home loop).
 
-Each child is ``python -m forge_core._bootstrap`` with its whole environment set before it
-starts. Two pipes tie it to its parent:
+Each child runs ``forge_core._bootstrap`` with its whole environment set before any of it
+runs. On Linux it is forked from the fork server (``_zygote``), which has imported the kernel
+already, so it starts in milliseconds; elsewhere, with ``FORGE_ZYGOTE=0``, or when its
+environment changes how Python itself starts (``PYTHON*``, ``LD_*``, ...), it is a fresh
+``python -m forge_core._bootstrap``. Either way two pipes tie it to its parent:
 
 - the *lifeline* (parent writes, child reads): the parent never writes; when the parent dies,
   however it dies, the kernel closes its end and the child sees end-of-file and exits. No
@@ -13,10 +16,13 @@ starts. Two pipes tie it to its parent:
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -46,23 +52,21 @@ class ChildProc:
         full_env.update({
             "FORGE_SECRET": runtime.secret.hex(),
             "FORGE_PLUGINS": plugins.resolved_for_children(),
-            "FORGE_LIFELINE_FD": str(lifeline_read),
-            "FORGE_HELLO_FD": str(hello_write),
             "FORGE_PARENT_PID": str(os.getpid()),
             "FORGE_SYS_PATH": json.dumps([p or os.getcwd() for p in sys.path]),
         })
         full_env.update(env)
         try:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "forge_core._bootstrap"], env=full_env,
-                pass_fds=(lifeline_read, hello_write), stdin=subprocess.DEVNULL,
-                start_new_session=True)  # a Ctrl-C in the terminal is the parent's to handle
+            self._process = _start(loop, full_env, lifeline_read, hello_write)
         finally:
             os.close(lifeline_read)
             os.close(hello_write)
-        self.pid = self.popen.pid
         self._received = b""
         loop.add_reader(self._hello, self._on_hello_readable)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def _on_hello_readable(self) -> None:
         try:
@@ -91,12 +95,7 @@ class ChildProc:
         loop.create_task(self._reap())
 
     async def _reap(self) -> None:
-        # The hello pipe closes as the process exits, so it is (nearly) always a zombie by
-        # now: poll for it rather than park a thread in wait() for each child.
-        delay = 0.001
-        while (code := self.popen.poll()) is None:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        code = await self._process.wait()
         if not self.ready.done():
             self.ready.set_exception(SupervisionError(
                 f"proc rank {self.rank} (pid {self.pid}) exited with code {code} before it "
@@ -112,7 +111,7 @@ class ChildProc:
         except asyncio.TimeoutError:
             log.warning("proc rank %d (pid %d) did not exit within %.0f s; killing it",
                         self.rank, self.pid, STOP_TIMEOUT)
-            self.popen.kill()
+            self._process.kill()
             return await self.exited
 
     def close_lifeline(self) -> None:
@@ -124,3 +123,174 @@ class ChildProc:
 def launch(runtime: Any, envs: list[dict[str, str]]) -> list[ChildProc]:
     """Start one child per environment, all at once (on the home loop)."""
     return [ChildProc(runtime, rank, env) for rank, env in enumerate(envs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# How a child is started: forked by the zygote, or a fresh interpreter.
+
+ZYGOTE_ENV = "FORGE_ZYGOTE"  # "0": start every proc as a fresh interpreter
+# Environment variables read while Python itself starts: a child whose values differ from the
+# zygote's cannot be one of its forks.
+_INTERPRETER_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES")
+
+
+def _start(loop: asyncio.AbstractEventLoop, env: dict[str, str], lifeline: int, hello: int):
+    env = {**env, "FORGE_LIFELINE_FD": str(lifeline), "FORGE_HELLO_FD": str(hello)}
+    zygote = _zygote_for(loop, env)
+    if zygote is not None:
+        try:
+            return zygote.spawn(env, lifeline, hello)
+        except OSError as exc:  # e.g. the zygote just died: start this one directly
+            log.debug("fork server unavailable (%r); starting the proc directly", exc)
+    return _DirectProcess(subprocess.Popen(
+        [sys.executable, "-m", "forge_core._bootstrap"], env=env, pass_fds=(lifeline, hello),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True))  # a Ctrl-C in the terminal is the parent's to handle
+
+
+class _DirectProcess:
+    """A child started as a fresh interpreter (it is our own child: we reap it)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid: int | None = popen.pid
+
+    async def wait(self) -> int:
+        # Called once its hello pipe has closed, so it is (nearly) always a zombie by now:
+        # poll for it rather than park a thread in wait() for each child.
+        delay = 0.001
+        while (code := self.popen.poll()) is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return code
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
+class _ForkedProcess:
+    """A child forked by the zygote, which reaps it and reports its exit code."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.pid: int | None = None  # known once the zygote has forked it
+        self._code: asyncio.Future[int] = loop.create_future()
+        self._kill_when_known = False
+
+    def _forked(self, pid: int) -> None:
+        self.pid = pid
+        if self._kill_when_known:
+            self.kill()
+
+    def _exited(self, code: int) -> None:
+        if not self._code.done():
+            self._code.set_result(code)
+
+    async def wait(self) -> int:
+        return await self._code
+
+    def kill(self) -> None:
+        if self.pid is None:
+            self._kill_when_known = True
+            return
+        if not self._code.done():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class _Zygote:
+    """The parent's side of the fork server (see ``_zygote``); one per process and home loop,
+    started on first use and again if it dies. Requests are sent at once: the socket holds
+    them, descriptors included, until the zygote has imported everything and reads them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        from ._zygote import CONTROL_ENV
+
+        self.loop = loop
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.base_env = {**os.environ, "FORGE_PLUGINS": plugins.resolved_for_children(),
+                         "FORGE_PARENT_PID": str(os.getpid())}
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-m", "forge_core._zygote"],
+                env={**self.base_env, CONTROL_ENV: str(theirs.fileno())},
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            theirs.close()
+        self.alive = True
+        self._next_id = 0
+        self._by_id: dict[int, _ForkedProcess] = {}
+        self._by_pid: dict[int, _ForkedProcess] = {}
+        self._received = b""
+        loop.add_reader(self._control.fileno(), self._on_readable)
+
+    def can_fork(self, env: dict[str, str]) -> bool:
+        changed = {k for k in env.keys() | self.base_env.keys()
+                   if env.get(k) != self.base_env.get(k)}
+        return not any(k.startswith(_INTERPRETER_PREFIXES) for k in changed)
+
+    def spawn(self, env: dict[str, str], lifeline: int, hello: int) -> _ForkedProcess:
+        self._next_id += 1
+        request = {"id": self._next_id, "cwd": os.getcwd(),
+                   "set": {k: v for k, v in env.items() if self.base_env.get(k) != v},
+                   "unset": [k for k in self.base_env if k not in env]}
+        # The child prints to our stdout and stderr as they are now (a test runner may have
+        # redirected them since the zygote started).
+        fds = array.array("i", [lifeline, hello, 1, 2])
+        self._control.sendmsg([json.dumps(request).encode()],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        process = self._by_id[self._next_id] = _ForkedProcess(self.loop)
+        return process
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._died()
+            return
+        for line in data.decode().splitlines():
+            kind, *fields = line.split()
+            if kind == "spawned":
+                process = self._by_id.pop(int(fields[0]))
+                self._by_pid[int(fields[1])] = process
+                process._forked(int(fields[1]))
+            elif kind == "exited":
+                process = self._by_pid.pop(int(fields[0]), None)
+                if process is not None:
+                    process._exited(int(fields[1]))
+            elif kind == "failed":
+                log.error("the fork server refused a request: %s", line)
+
+    def _died(self) -> None:
+        """Its children die with it (they are tied to it like any proc to its parent)."""
+        self.alive = False
+        self.loop.remove_reader(self._control.fileno())
+        self._control.close()
+        for process in [*self._by_id.values(), *self._by_pid.values()]:
+            process._exited(-signal.SIGKILL)
+        self._by_id.clear()
+        self._by_pid.clear()
+        self.loop.create_task(_DirectProcess(self._popen).wait())  # reap it
+        log.debug("the fork server exited")
+
+
+_zygotes: dict[int, _Zygote] = {}  # by id() of the home loop
+
+
+def _zygote_for(loop: asyncio.AbstractEventLoop, env: dict[str, str]) -> _Zygote | None:
+    if os.environ.get(ZYGOTE_ENV, "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    zygote = _zygotes.get(id(loop))
+    if zygote is None or not zygote.alive or zygote.loop is not loop:
+        zygote = _zygotes[id(loop)] = _Zygote(loop)
+    return zygote if zygote.can_fork(env) else None
+
+
+def fork_server_pids() -> list[int]:
+    """The live fork servers of this process (tests tell them apart from mesh processes)."""
+    return [z._popen.pid for z in _zygotes.values() if z.alive]

@@ -99,3 +99,23 @@ async def run(svc: Any, call: Callable[[], Awaitable[Any]], seconds: float, in_f
                      "every replica healthy at the end")
     tally.retried = sum(r.failed for r in svc.metrics())
     return tally
+
+
+def live_procs() -> int:
+    """Live Forge procs this process started: its own children and the fork server's, not
+    counting the fork server itself (it stays for the next spawn, like the runtime thread)."""
+    from forge_core._procs import fork_server_pids
+
+    servers = set(fork_server_pids())
+    parents = {os.getpid(), *servers}
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in servers:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        count += int(fields[1]) in parents and fields[0] not in ("Z", "X")
+    return count

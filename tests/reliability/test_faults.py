@@ -189,8 +189,8 @@ async def test_a_half_written_shm_frame_is_never_delivered(cut):
     sink = spawn_procs(per_host={"procs": 1}, transport="shm").spawn("sink", Sink)
     await sink.pid.call_one()
     nbytes = 1 << 20
-    body, buffers = _wire.dumps(("take", (_wire.LargeBytes(payload(nbytes)),), {}))
-    meta = m.pack(m.REQUEST, 1, sink._actor_id, body)
+    pickled, buffers = _wire.dumps(((_wire.LargeBytes(payload(nbytes)),), {}))
+    meta = m.pack(m.REQUEST, 1, sink._actor_id, m.call_body(m.wire_name("take"), (), {}, pickled))
     segment = Segment(1, 8 << 20)
     segment.mm[:nbytes] = buffers[0]
     frame = HEAD.pack(MSG, 1, len(meta)) + DESC.pack(1, 0, nbytes) + meta

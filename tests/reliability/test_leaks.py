@@ -10,6 +10,7 @@ import os
 import pytest
 
 from actors import Counter
+from chaos import live_procs
 from forge_core.actor import spawn_procs
 
 CYCLES = int(os.environ.get("FORGE_LEAK_CYCLES", "1000"))
@@ -23,21 +24,11 @@ def _rss_mb() -> float:
 
 
 def _counts() -> dict[str, int]:
-    children = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] not in ("Z", "X"):
-                children += 1
     return {
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": len(os.listdir("/proc/self/task")),
         "shm": len(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else 0,
-        "children": children,
+        "children": live_procs(),
     }
 
 

@@ -22,24 +22,9 @@ IN_FLIGHT = 16
 SESSIONS = 7
 
 
-def _children() -> int:
-    """Live (not zombie) child processes of this process."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        count += int(fields[1]) == os.getpid() and fields[0] not in ("Z", "X")
-    return count
-
-
 def _resources() -> dict[str, int]:
     return {"fds": len(os.listdir("/proc/self/fd")),
-            "threads": len(os.listdir("/proc/self/task")), "children": _children()}
+            "threads": len(os.listdir("/proc/self/task")), "children": chaos.live_procs()}
 
 
 def mixed_load(svc):
@@ -65,7 +50,7 @@ async def test_soak_under_periodic_kills_loses_nothing_and_leaks_nothing():
     warm = await Replica.options(**options).as_service()  # thread pools, caches, listeners
     await warm.quick.route()
     await warm.shutdown()
-    await chaos.wait_until(lambda: _children() == 0, 10, "the warm-up replicas to end")
+    await chaos.wait_until(lambda: chaos.live_procs() == 0, 10, "the warm-up replicas to end")
     before = _resources()
 
     seed = int(os.environ.get("FORGE_CHAOS_SEED", str(time.time_ns() % 10**6)))
@@ -76,7 +61,7 @@ async def test_soak_under_periodic_kills_loses_nothing_and_leaks_nothing():
     assert tally.kills >= SOAK_SECONDS // 20
     await svc.shutdown()
 
-    await chaos.wait_until(lambda: _children() == 0, 10, "every replica process to end")
+    await chaos.wait_until(lambda: chaos.live_procs() == 0, 10, "every replica process to end")
     after = _resources()
     print(f"resources before {before}, after {after}")
     # Each kill and restart opened and closed connections; none may stay behind.

@@ -1,0 +1,109 @@
+"""The fork server: procs are forks of one process that imported the kernel once; they get
+their own environment, output and randomness, fall back to a fresh interpreter when they must,
+and die with the fork server as with their parent."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from forge_core import _procs
+from forge_core.actor import Actor, SupervisionError, endpoint, spawn_procs
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Inspect(Actor):
+    @endpoint
+    def parent(self) -> int:
+        return os.getppid()
+
+    @endpoint
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+    @endpoint
+    def random(self) -> float:
+        return random.random()
+
+    @endpoint
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
+
+    @endpoint
+    def cwd(self) -> str:
+        return os.getcwd()
+
+
+async def test_procs_are_forks_of_the_fork_server_with_their_own_environment():
+    procs = spawn_procs(per_host={"procs": 2}, env={"FORGE_TEST_VALUE": "7"})
+    mesh = procs.spawn("i", Inspect)
+    parents = await mesh.parent.call()
+    assert set(parents) == set(_procs.fork_server_pids())
+    assert list(await mesh.env.call("FORGE_TEST_VALUE")) == ["7", "7"]
+    assert list(await mesh.env.call("RANK")) == ["0", "1"]
+    # Forks share the server's random state at birth; Python reseeds each fork.
+    assert len(set(await mesh.random.call())) == 2
+    assert set(await mesh.cwd.call()) == {os.getcwd()}
+    await procs.stop()
+
+
+async def test_a_proc_prints_where_its_parent_prints_now(capfd):
+    procs = spawn_procs(per_host={"procs": 1})
+    await procs.spawn("i", Inspect).say.call_one("hello from a fork")
+    await procs.stop()
+    out, err = capfd.readouterr()
+    assert "hello from a fork" in out and "hello from a fork" in err
+
+
+async def test_an_environment_that_changes_how_python_starts_gets_a_fresh_interpreter():
+    procs = spawn_procs(per_host={"procs": 1}, env={"PYTHONFAULTHANDLER": "1"})
+    mesh = procs.spawn("i", Inspect)
+    assert await mesh.parent.call_one() == os.getpid()  # started directly, not forked
+    assert await mesh.env.call_one("PYTHONFAULTHANDLER") == "1"
+    await procs.stop()
+
+
+def test_forge_zygote_0_starts_every_proc_directly():
+    script = textwrap.dedent("""
+        import os
+        from forge_core.actor import Actor, endpoint, spawn_procs
+
+        class Parent(Actor):
+            @endpoint
+            def parent(self):
+                return os.getppid()
+
+        procs = spawn_procs(per_host={"procs": 2})
+        print(procs.spawn("p", Parent).parent.call().get(timeout=30) == [os.getpid()] * 2)
+        procs.stop().get(timeout=10)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "FORGE_ZYGOTE": "0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+async def test_killing_the_fork_server_fails_its_procs_and_the_next_spawn_starts_a_new_one():
+    procs = spawn_procs(per_host={"procs": 2})
+    mesh = procs.spawn("i", Inspect)
+    (server,) = set(await mesh.parent.call())
+    os.kill(server, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(SupervisionError):
+        while time.monotonic() - start < 5:
+            await mesh.parent.call()
+    assert time.monotonic() - start < 2.5
+    await procs.stop()
+    again = spawn_procs(per_host={"procs": 1})
+    new_server = await again.spawn("i", Inspect).parent.call_one()
+    assert new_server != server and new_server in _procs.fork_server_pids()
+    await again.stop()
