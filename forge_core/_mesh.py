@@ -173,7 +173,8 @@ class ProcMesh:
         for i in self._indices:
             if every[i].proc_id != runtime.info.proc_id:
                 asks.append(RawFuture(loop=loop))
-                runtime.channel(every[i], loop).request(m.STOP, b"", *_wire.dumps(None), asks[-1])
+                runtime.channel(every[i], loop, self._transport).request(
+                    m.STOP, b"", *_wire.dumps(None), asks[-1])
         await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 5)
 
     async def __aenter__(self) -> "ProcMesh":
@@ -435,10 +436,13 @@ class ActorMesh:
 
     # -- making calls -------------------------------------------------------------------------
     def _invoke(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int) -> Future:
-        try:
-            payload, buffers = encode_call(self._class_name, spec, args, kwargs)
-        except NotReady:
-            payload, buffers = None, []
+        if not args and not kwargs and spec.plain_arity == 0:
+            payload, buffers = spec.wire_name, []  # nothing to check or pickle
+        else:
+            try:
+                payload, buffers = encode_call(self._class_name, spec, args, kwargs)
+            except NotReady:
+                payload, buffers = None, []
         loop = _get_running_loop()
         if mode == _ONE and payload is not None:
             # The hot path: call_one() again from the loop of the last call, on its channel.

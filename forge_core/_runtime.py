@@ -195,8 +195,9 @@ class Runtime:
     # -- sending -----------------------------------------------------------------------------
     def channel(self, peer: ProcInfo, loop: asyncio.AbstractEventLoop,
                 transport: str | None = None) -> "Channel":
-        """The channel from ``loop`` to ``peer`` (created on first use)."""
-        key = (id(loop), peer.proc_id)
+        """The channel from ``loop`` to ``peer`` (created on first use); a mesh that forces a
+        transport gets its own."""
+        key = (id(loop), peer.proc_id, transport)
         channel = self._channels.get(key)
         if channel is not None and channel.loop is loop and not channel.broken:
             return channel
@@ -205,6 +206,7 @@ class Runtime:
                 channel = LocalChannel(self, peer, loop)
             else:
                 channel = Channel(self, peer, loop, self.pick_transport(peer, transport))
+            channel.key = key
             self._channels[key] = channel
             return channel
 
@@ -226,10 +228,9 @@ class Runtime:
 
     def forget_channel(self, channel: "Channel") -> None:
         """Drop a broken channel (calls to a dead peer fail fast through ``dead``)."""
-        key = (id(channel.loop), channel.peer.proc_id)
         with self._channels_lock:
-            if self._channels.get(key) is channel:
-                del self._channels[key]
+            if self._channels.get(channel.key) is channel:
+                del self._channels[channel.key]
 
     def mark_dead(self, proc_id: str, reason: str) -> None:
         if proc_id in self.dead:
@@ -302,6 +303,7 @@ class Channel:
         self.peer = peer
         self.loop = loop
         self.transport_name = transport_name
+        self.key: tuple = ()  # where the runtime keeps it
         self.broken: BaseException | None = None
         self._conn: Connection | None = None
         self._queue: list[tuple[bytes, list]] | None = []
@@ -402,6 +404,7 @@ class LocalChannel:
         self.peer = peer
         self.loop = loop
         self.transport_name = "local"
+        self.key: tuple = ()
 
     def request(self, kind: int, actor_id: bytes, payload: bytes, buffers: list, sink: Any) -> None:
         self._deliver(m.pack(kind, 0, actor_id, payload), buffers, sink)

@@ -144,10 +144,15 @@ def main() -> None:
     _bootstrap._die_with_parent()
     control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET,
                             fileno=int(os.environ.pop(CONTROL_ENV)))
-    # What every proc imports, imported once here (and never an event loop or a thread).
+    # What every proc imports, imported once here (and never an event loop or a thread): the
+    # runtime and plugins, the actor API that actor modules import, cloudpickle for classes
+    # that travel by value, the codec socket addresses need.
+    import encodings.idna  # noqa: F401
+
+    import cloudpickle  # noqa: F401
     import uvloop  # noqa: F401
 
-    from . import _runtime, plugins  # noqa: F401
+    from . import _runtime, actor, plugins  # noqa: F401
 
     plugins.transports()
     control.sendall(b"ready\n")

@@ -114,9 +114,10 @@ class Replica:
         loop = asyncio.get_running_loop()
         payload, buffers = _wire.dumps(None)
         pings = []
+        transport = self.procs._transport if self.procs is not None else None
         for info in self.infos:
             pong = RawFuture(loop=loop)  # the kernel's undecoded-reply sink
-            runtime.channel(info, loop).request(m.PING, b"", payload, buffers, pong)
+            runtime.channel(info, loop, transport).request(m.PING, b"", payload, buffers, pong)
             pings.append(pong)
         try:
             await asyncio.wait_for(asyncio.gather(*pings), timeout)

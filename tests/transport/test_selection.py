@@ -38,7 +38,8 @@ class Probe(Actor):
 def _used(mesh, loop=None) -> list:
     runtime = Runtime.get()
     loop = loop or runtime.home_loop  # synchronous calls go out from the home loop
-    return [runtime.channel(info, loop).transport_name for info in mesh._targets()]
+    return [runtime.channel(info, loop, mesh._transport).transport_name
+            for info in mesh._targets()]
 
 
 def _probes(**options):
@@ -79,6 +80,17 @@ def test_a_mesh_can_force_a_transport():
     # The choice travels with the handle: an actor calling this mesh uses tcp too.
     other = _probes(per_host={"procs": 1})
     assert other.transports_to.call_one(forced).get(timeout=30) == ["tcp", "tcp"]
+
+
+@needs_shm
+def test_one_process_reached_through_two_handles_uses_what_each_handle_asks_for():
+    from forge_core._mesh import ActorMesh
+
+    mesh = _probes(per_host={"procs": 1})
+    over_tcp = ActorMesh(mesh._class_name, mesh._endpoints, mesh._actor_id, mesh._sizes,
+                         mesh._spawned, transport="tcp")
+    assert over_tcp.host.call().get(timeout=30) == mesh.host.call().get(timeout=30)
+    assert (_used(mesh), _used(over_tcp)) == (["shm"], ["tcp"])
 
 
 def test_FORGE_TRANSPORT_forces_one_for_every_peer(monkeypatch):
