@@ -3,7 +3,8 @@
     python benchmarks/bench_weights.py [--quick] [--only shm,tcp,cuda_ipc,nccl] [--repeats 5]
 
 The default state dict is 1 GiB (256 tensors of 4 MiB); ``--quick`` makes it 64 MiB. Each row
-is a median over repeats, after one warm-up (which fills the pools and the replicas' caches):
+is a median over repeats (the step's min..max beside it), after one warm-up (which fills the
+pools and the replicas' caches); ``run_backend`` returns every repeat's sample too:
 
 - publish: ``publisher.publish(...)`` in the trainer (the one copy in), GB/s.
 - load: ``handle.load_into(model)`` in each replica, both replicas at once, GB/s per replica.
@@ -16,6 +17,8 @@ Baselines come from the same run, measured between the repeats (so both see the 
 on a shared machine): single-thread memcpy (numpy) for shm, a raw socket bulk transfer between
 two processes for tcp, a device-to-device copy for the GPU rows. Control
 messages travel over TCP (``FORGE_TRANSPORT=tcp``), so the tcp rows measure TCP on loopback.
+``forge bench`` places the trainer and the replicas on processes of a mesh it already runs
+(``procs=``, started with the same ``FORGE_TRANSPORT``) instead of starting three of its own.
 
 Not measured: cross-host TCP, page faults of the first publish (the warm-up absorbs them), and
 NCCL across GPUs on a machine with one GPU (NCCL cannot put two ranks on one GPU).
@@ -74,6 +77,7 @@ class BenchTrainer(Actor):
     @endpoint
     async def close(self) -> None:
         await self.publisher.aclose()
+        self.model = None  # the process may outlive this actor (a mesh lent by forge bench)
 
 
 class BenchPolicy(Actor):
@@ -98,52 +102,90 @@ class BenchPolicy(Actor):
     def checksum(self) -> float:
         return float(self.model.p[0].sum())
 
+    @endpoint
+    def close(self) -> None:
+        self.model = None  # as the trainer's: free 1 GiB in a process that stays
+
 
 async def run_backend(backend: str, count: int, numel: int, repeats: int, device: str = "cpu",
                       replicas: int = 2, sequential: bool = False, gpu_env=None,
-                      fetch: bool = False, baseline=None) -> dict:
+                      fetch: bool = False, baseline=None, procs=None) -> dict:
+    """Publish ``count`` tensors of ``numel`` float32 to ``replicas`` policies, ``repeats``
+    times after a warm-up. With ``procs`` (a mesh of at least ``replicas + 1`` processes, which
+    the caller keeps running) the trainer goes on its process 0 and the policies on the next
+    ones; without it each gets a process of its own, started and stopped here (with
+    ``gpu_env``'s environment: a lent mesh keeps the one it was started with).
+
+    The row holds medians (as before) and, in ``samples``, every repeat's value with
+    ``repeats``, so that a caller can give min and max too."""
     nbytes = count * numel * 4
-    envs = gpu_env or {}
-    trainer_procs = spawn_procs({"procs": 1}, env={**ENV, **envs.get("trainer", {})})
-    policy_procs = [spawn_procs({"procs": 1}, env={**ENV, **envs.get(f"policy{i}", {})})
-                    for i in range(replicas)]
+    placed = _place(procs, replicas, gpu_env or {})
     try:
         group = replicas if backend == "nccl" else None
-        trainer = trainer_procs.spawn("trainer", BenchTrainer, backend, count, numel, device, group)
-        policies = [p.spawn("policy", BenchPolicy, count, numel, device) for p in policy_procs]
-        publish_s, load_s, step_s, fetch_s, floor = [], [], [], [], []
-        for version in range(1, repeats + 2):
-            if baseline is not None and version > 1:
-                floor.extend(baseline())  # interleaved: both see the same machine load
-            start = time.perf_counter()
-            handle, published = await trainer.publish.call_one(version)
-            if sequential:
-                loads = [await p.load.call_one(handle) for p in policies]
-            else:
-                loads = await asyncio.gather(*(p.load.call_one(handle) for p in policies))
-            step = time.perf_counter() - start
-            fetched = [await p.fetch.call_one(handle) for p in policies] if fetch else []
-            if version == 1:
-                continue  # warm-up: pools, mappings, connections
-            fetch_s.extend(fetched)
-            publish_s.append(published)
-            load_s.extend(loads)
-            step_s.append(step)
+        trainer = placed[0].spawn("trainer", BenchTrainer, backend, count, numel, device, group)
+        policies = [p.spawn("policy", BenchPolicy, count, numel, device) for p in placed[1:]]
+        samples = await _steps(trainer, policies, repeats, sequential, fetch, baseline)
         expected = await trainer.checksum.call_one()
         assert all([await p.checksum.call_one() == expected for p in policies])
         await trainer.close.call_one()
+        await asyncio.gather(*(p.close.call_one() for p in policies))
     finally:
-        await asyncio.gather(trainer_procs.stop(), *(p.stop() for p in policy_procs))
+        if procs is None:  # ours: started above
+            await asyncio.gather(*(p.stop() for p in placed))
+    return _row(backend, replicas, sequential, nbytes, samples)
+
+
+def _place(procs, replicas: int, envs: dict) -> list:
+    """One process mesh for the trainer, then one per policy."""
+    if procs is not None:
+        if len(procs) < replicas + 1:
+            raise ValueError(f"weight sync needs {replicas + 1} processes, the mesh has "
+                             f"{len(procs)}")
+        return [procs.slice(procs=i) for i in range(replicas + 1)]
+    names = ["trainer"] + [f"policy{i}" for i in range(replicas)]
+    return [spawn_procs({"procs": 1}, env={**ENV, **envs.get(name, {})}) for name in names]
+
+
+async def _steps(trainer, policies: list, repeats: int, sequential: bool, fetch: bool,
+                 baseline) -> dict[str, list[float]]:
+    """Seconds per repeat (publish, each load, the whole step, fetches) and the floor's GB/s."""
+    samples: dict[str, list[float]] = {
+        "publish_s": [], "load_s": [], "step_s": [], "fetch_s": [], "baseline_gbps": []}
+    for version in range(1, repeats + 2):
+        if baseline is not None and version > 1:
+            samples["baseline_gbps"].extend(baseline())  # interleaved: both see the same load
+        start = time.perf_counter()
+        handle, published = await trainer.publish.call_one(version)
+        if sequential:
+            loads = [await p.load.call_one(handle) for p in policies]
+        else:
+            loads = await asyncio.gather(*(p.load.call_one(handle) for p in policies))
+        step = time.perf_counter() - start
+        fetched = [await p.fetch.call_one(handle) for p in policies] if fetch else []
+        if version == 1:
+            continue  # warm-up: pools, mappings, connections
+        samples["fetch_s"].extend(fetched)
+        samples["publish_s"].append(published)
+        samples["load_s"].extend(loads)
+        samples["step_s"].append(step)
+    return samples
+
+
+def _row(backend: str, replicas: int, sequential: bool, nbytes: int,
+         samples: dict[str, list[float]]) -> dict:
     med = statistics.median
+    steps = samples["step_s"]
     return {
-        "backend": backend, "replicas": replicas, "mode": "one at a time" if sequential else "together",
-        "bytes": nbytes,
-        "publish_gbps": nbytes / med(publish_s) / 1e9,
-        "load_gbps_per_replica": nbytes / med(load_s) / 1e9,
-        "step_s": med(step_s),
-        "step_gbps_per_replica": nbytes / med(step_s) / 1e9,
-        "fetch_gbps": nbytes / med(fetch_s) / 1e9 if fetch_s else None,
-        "baseline_gbps": med(floor) if floor else None,
+        "backend": backend, "replicas": replicas,
+        "mode": "one at a time" if sequential else "together",
+        "bytes": nbytes, "repeats": len(steps),
+        "publish_gbps": nbytes / med(samples["publish_s"]) / 1e9,
+        "load_gbps_per_replica": nbytes / med(samples["load_s"]) / 1e9,
+        "step_s": med(steps), "step_s_min": min(steps), "step_s_max": max(steps),
+        "step_gbps_per_replica": nbytes / med(steps) / 1e9,
+        "fetch_gbps": nbytes / med(samples["fetch_s"]) / 1e9 if samples["fetch_s"] else None,
+        "baseline_gbps": med(samples["baseline_gbps"]) if samples["baseline_gbps"] else None,
+        "samples": samples,
     }
 
 
@@ -190,7 +232,7 @@ def main() -> None:
 
     if not args.json:
         print(f"{'backend':9} {'mode':>14} {'publish':>9} {'load/replica':>13} {'step':>8} "
-              f"{'step/replica':>13}  baseline (same run)")
+              f"{'(min..max)':>27} {'step/replica':>13}  baseline (same run)")
     if "shm" in only:
         measured(asyncio.run(run_backend("shm", count, numel, args.repeats, baseline=memcpy)))
     if "tcp" in only:
@@ -233,9 +275,10 @@ def print_row(row: dict) -> None:
         ratio += f" (target >= {target}x), step {row['step_gbps_per_replica'] / base:.2f}x"
     if row.get("fetch_gbps"):
         ratio += f"; fetch() {row['fetch_gbps']:.2f}GB/s = {row['fetch_gbps'] / base:.2f}x"
+    spread = f"({row['step_s_min']:.3f}..{row['step_s_max']:.3f}s, {row['repeats']} repeats)"
     print(f"{row['backend']:9} {row['mode']:>14} {row['publish_gbps']:>7.2f}GB/s "
           f"{row['load_gbps_per_replica']:>9.2f}GB/s {row['step_s']:>7.3f}s "
-          f"{row['step_gbps_per_replica']:>9.2f}GB/s  {ratio}", flush=True)
+          f"{spread:>27} {row['step_gbps_per_replica']:>9.2f}GB/s  {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ def record(benchmark, bench: Suite, section: str, name: str, transport: str) -> 
     figure = bench.samples.figure(section, name, transport)
     benchmark.extra_info.update({
         "figure": name, "unit": figure.unit, "median": figure.median, "min": figure.low,
-        "max": figure.high, "floor": figure.floor, "floor_median": figure.floor_median,
-        "x_floor": figure.ratio})
+        "max": figure.high, "repeats": figure.repeats, "floor": figure.floor,
+        "floor_median": figure.floor_median, "x_floor": figure.ratio})
 
 
 def rounds(benchmark, step, *args) -> None:
@@ -94,8 +94,10 @@ def test_weight_sync(benchmark, bench, backend):
     # One round: the backend's own repeats and floor run inside it (bench_weights.py).
     benchmark.pedantic(bench.weights, args=(backend,), rounds=1, iterations=1)
     figure = next(f for f in bench.extra if f.transport == backend and f.unit == "GB/s")
-    benchmark.extra_info.update({"gbps_per_replica": figure.median, "floor": figure.floor,
-                                 "floor_median": figure.floor_median, "x_floor": figure.ratio})
+    benchmark.extra_info.update({"gbps_per_replica": figure.median, "min": figure.low,
+                                 "max": figure.high, "repeats": figure.repeats,
+                                 "floor": figure.floor, "floor_median": figure.floor_median,
+                                 "x_floor": figure.ratio})
 
 
 @pytest.mark.timeout(300)

@@ -52,8 +52,11 @@ def _pickler_class() -> type:
 
         def reducer_override(self, obj: Any) -> Any:
             # Look at tensors only if the user's code imported torch: never import it here.
+            # Another thread may be half-way through ``import torch`` (no ``Tensor`` yet): then
+            # nothing here can be a tensor.
             torch = sys.modules.get("torch")
-            if torch is not None and isinstance(obj, torch.Tensor):
+            tensor_type = getattr(torch, "Tensor", None)
+            if tensor_type is not None and isinstance(obj, tensor_type):
                 reduced = _reduce_tensor(obj, torch)
                 if reduced is not NotImplemented:
                     return reduced

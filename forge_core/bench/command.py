@@ -7,7 +7,7 @@ import sys
 
 from . import header as machine
 from . import report
-from .options import Options
+from .options import WEIGHTS_MAX_REPEATS, Options, format_size
 from .suite import run
 
 
@@ -17,11 +17,15 @@ def main(options: Options, json_path: str | None = None, plot_path: str | None =
     about = machine.collect()
     print(f"forge bench on {about['host']} ({about['cores']} cores, load "
           f"{about['load_avg_1m']:.1f}), commit {about['commit']}", flush=True)
+    weights = (f"; weight sync of {format_size(options.weights_bytes)} to 2 replicas, "
+               f"{min(options.repeat, WEIGHTS_MAX_REPEATS)} repeats"
+               if "weights" in options.sections else "")
     print(f"running: transports {', '.join(options.transports) or '-'}; sections "
-          f"{', '.join(options.sections)}; {options.repeat} repeats"
+          f"{', '.join(options.sections)}; {options.repeat} repeats{weights}"
           f"{' (quick)' if options.quick else ''}", flush=True)
     result = run(options)
     about["load_avg_1m_end"] = os.getloadavg()[0]
+    about["gpus"] = about["gpus"] or machine.gpus()  # torch is loaded by now, if it ran
     print()
     print(report.table(result, about, old))
     if json_path:

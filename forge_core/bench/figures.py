@@ -1,7 +1,7 @@
 """A figure: one measurement for one transport, over repeats, beside its floor.
 
 A figure holds one sample per repeat (each sample is itself a median or a percentile over many
-calls) and is reported as the median of its samples with their min and max: one run of a
+calls) and is reported as the median of its samples with their min, max and count: one run of a
 benchmark on a shared machine says little. Its floor is sampled in the same repeats.
 """
 
@@ -21,7 +21,6 @@ class Figure:
     samples: list[float]      # one per repeat
     floor: str | None = None  # what the floor is: "tcp ping-pong", "memcpy", ...
     floor_samples: list[float] = field(default_factory=list)
-    spread_known: bool = True  # False: samples hold a median computed elsewhere, one value
     note: str = ""
 
     @property
@@ -33,12 +32,16 @@ class Figure:
         return statistics.median(self.samples)
 
     @property
-    def low(self) -> float | None:
-        return min(self.samples) if self.spread_known else None
+    def low(self) -> float:
+        return min(self.samples)
 
     @property
-    def high(self) -> float | None:
-        return max(self.samples) if self.spread_known else None
+    def high(self) -> float:
+        return max(self.samples)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.samples)
 
     @property
     def floor_median(self) -> float | None:
@@ -54,7 +57,7 @@ class Figure:
     def to_json(self) -> dict:
         out = asdict(self)
         out.update(key=self.key, median=self.median, min=self.low, max=self.high,
-                   floor_median=self.floor_median, ratio=self.ratio)
+                   repeats=self.repeats, floor_median=self.floor_median, ratio=self.ratio)
         return out
 
     @classmethod

@@ -23,7 +23,7 @@ def collect() -> dict:
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "load_avg_1m": os.getloadavg()[0],
-        "gpus": _gpus(),
+        "gpus": gpus(),
         "python": platform.python_version(),
         "torch": _torch_version(),
         "packages": _packages(),
@@ -63,19 +63,27 @@ def _memory_gib() -> float:
         return 0.0
 
 
-def _gpus() -> list[str]:
-    torch = sys.modules.get("torch")  # only name GPUs if torch is loaded already: it is slow
+def gpus() -> list[str]:
+    """The CUDA devices, named only if torch is loaded already (importing it takes seconds):
+    ask again after the run, which loads it wherever a figure needs it."""
+    torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return []
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
 def _torch_version() -> str:
+    """From the installed package's metadata: importing torch here would cost seconds before
+    the suite starts its processes (the suite imports it later, while they boot)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    import importlib.metadata
+
     try:
-        import torch
-    except ImportError:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
-    return torch.__version__
 
 
 def _packages() -> dict[str, str]:

@@ -45,7 +45,7 @@ def _grouped_bars(ax, figures: list[Figure], label: str) -> None:
     for f in figures:
         offset = transports.index(f.transport) - (len(transports) - 1) / 2
         x = groups.index(f.name) + offset * width
-        spread = [[f.median - f.low], [f.high - f.median]] if f.spread_known else None
+        spread = [[f.median - f.low], [f.high - f.median]]
         ax.bar(x, f.median, width * 0.9, color=colors[f.transport], yerr=spread, capsize=2,
                error_kw={"linewidth": 0.8}, label=f.transport)
         if f.floor_median is not None:

@@ -75,15 +75,15 @@ def _num(value: float | None) -> str:
 def table(result: Result, header: dict, old: dict | None = None) -> str:
     figures = ordered(result.figures)
     versus = changes(figures, old) if old else {}
-    columns = ["section", "figure", "transport", "median", "min", "max", "unit", "floor",
+    columns = ["section", "figure", "transport", "median", "min", "max", "n", "unit", "floor",
                "floor med", "x floor"] + (["new/old"] if old else [])
     rows = []
     for f in figures:
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
-        row = [f.section, f.name, f.transport, _num(f.median), _num(f.low), _num(f.high), f.unit,
-               f.floor or "-", _num(f.floor_median), ratio]
+        row = [f.section, f.name, f.transport, _num(f.median), _num(f.low), _num(f.high),
+               str(f.repeats), f.unit, f.floor or "-", _num(f.floor_median), ratio]
         rows.append(row + ([versus.get(f.key, "-")] if old else []))
-    numeric = {"median", "min", "max", "floor med", "x floor"}
+    numeric = {"median", "min", "max", "n", "floor med", "x floor"}
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
               for i, c in enumerate(columns)]
 
@@ -94,9 +94,10 @@ def table(result: Result, header: dict, old: dict | None = None) -> str:
     out = header_lines.lines(header) + [""]
     out += [line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows]
     out.append("")
-    out.append("median, min and max are over repeats (each a percentile or rate over many "
-               "calls); x floor is median / floor median: for times the floors a call costs, "
-               "for rates the share of the floor reached.")
+    out.append("median, min and max are over n repeats (each a percentile or rate over many "
+               "calls; for weight sync one publish-and-load step); x floor is median / floor "
+               "median: for times the floors a call costs, for rates the share of the floor "
+               "reached.")
     if old:
         out.append(f"new/old: this run's median over {old['header'].get('commit', '?')}'s "
                    f"(within {SAME:.0%} reads as same).")

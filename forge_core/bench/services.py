@@ -9,6 +9,7 @@ sees calls piling up there shows in the p50 of the rest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 
@@ -18,6 +19,9 @@ from .floors import median, percentile
 
 FAST_S, SLOW_S = 0.002, 0.500
 CLIENTS = 12  # calls in flight at once: enough that where calls go decides the latencies
+# The slow replica's index: the third, so that a service of the first 2 is the fast-only floor
+# and ``scale(3)`` adds the slow one to the same processes.
+SLOW_REPLICA = 2
 
 
 class Bench(ForgeActor):
@@ -37,6 +41,16 @@ class Bench(ForgeActor):
     async def work(self) -> float:
         await asyncio.sleep(self.delay)  # a generator that batches: calls overlap
         return self.delay
+
+
+def routed_by(svc, policy: str):
+    """The same service (same replicas, same controller) behind an interface that routes with
+    ``policy``: a policy lives in the caller's interface, so this is what a caller that asked
+    for ``router=policy`` would have. Built the way the interface is unpickled, which is how
+    other processes get one."""
+    rebuild, (name, uid, class_name, endpoints, controller, config, view) = svc.__reduce__()
+    return rebuild(name, uid, class_name, endpoints, controller,
+                   dataclasses.replace(config, router=policy), view)
 
 
 async def route_vs_call_one(svc, calls: int) -> tuple[float, float]:

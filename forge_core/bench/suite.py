@@ -4,10 +4,18 @@ Every repeat runs every call measurement once, each floor just before the figure
 floor of, so a busy moment on a shared machine lands on ours and on the floor alike (a burst
 shows as a wide min..max, not as a skewed ratio). Weight sync and services run after, each with
 its floor inside its own step.
+
+Starting processes is most of a run's time on a small machine (a Python process, and torch in
+those that receive a tensor), so the suite starts as few as it can: one mesh of 4 processes per
+transport serves every call figure, weight sync runs on 3 processes of the tcp mesh for every
+CPU backend, and one service serves every routing figure (2 fast replicas for the floor, then a
+slow third added by ``scale(3)``, routed by each policy in turn). Every clock starts after the
+processes it measures are up and warm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -20,6 +28,8 @@ from . import calls, floors, services, weights
 from .figures import Figure
 from .options import MESH_PROCS, SOCKET_KIND, WEIGHTS_MAX_REPEATS, Options, format_size
 from .progress import Progress
+
+TRANSPORT_ENV = "FORGE_TRANSPORT"  # the kernel's: forces one transport for every peer
 
 
 @dataclass
@@ -70,7 +80,11 @@ class Suite:
     samples: _Samples = field(default_factory=_Samples)
     skipped: list[str] = field(default_factory=list)
     extra: list[Figure] = field(default_factory=list)
+    procs: dict = field(default_factory=dict)    # transport -> ProcMesh (not in-process)
     meshes: dict = field(default_factory=dict)   # transport -> (ProcMesh or None, ActorMesh)
+    weights_mesh: object = None  # weight sync's own processes, when no tcp mesh runs
+    service: object = None  # the services section's one service (its interface)
+    service_replicas: int = 0
     # One tensor per size for the whole run: allocating 256 MiB is not what we measure.
     tensor_cache: dict = field(default_factory=dict)
 
@@ -84,20 +98,25 @@ class Suite:
     # -- the plan -------------------------------------------------------------------------
     def steps(self) -> list[_Step]:
         o = self.options
-        calls_sections = {"latency", "pipelined", "mesh", "tensor"} & set(o.sections)
         steps: list[_Step] = []
-        if calls_sections and o.transports:
+        if self.needs_meshes():
             steps.append(_Step("start meshes", self.start_meshes))
             for r in range(o.repeat):
                 steps += self.call_steps(f"{r + 1}/{o.repeat}")
-            # Their memory (pooled buffers, received tensors) is not the weights' to share.
-            steps.append(_Step("stop meshes", self.stop_meshes))
+        run: list[str] = []
         if "weights" in o.sections:
             run, skipped = weights.plan(list(o.weight_backends))
             self.skipped += skipped
+        if run:
+            if self.needs_meshes():
+                # Their memory (pooled buffers, received tensors) is not the weights' to share;
+                # the tcp mesh stays: weight sync runs on its processes.
+                steps.append(_Step("stop meshes but tcp", lambda: self.stop_meshes(keep="tcp")))
             for backend in run:
-                steps.append(_Step(f"weights {backend} {format_size(o.weights_bytes)}",
-                                   lambda b=backend: self.weights(b)))
+                steps.append(_Step(f"weights {backend} {format_size(o.weights_bytes)} to 2 "
+                                   f"replicas", lambda b=backend: self.weights(b)))
+        if run or self.needs_meshes():
+            steps.append(_Step("stop meshes", self.stop_meshes))
         if "services" in o.sections:
             steps.append(_Step("services: 2 fast replicas (floor), route() vs call_one()",
                                self.fast_replicas))
@@ -135,33 +154,64 @@ class Suite:
         return steps
 
     # -- meshes -----------------------------------------------------------------------------
-    def start_meshes(self) -> None:
-        from ..actor import spawn_procs, this_proc
+    def needs_meshes(self) -> bool:
+        calls_sections = {"latency", "pipelined", "mesh", "tensor"} & set(self.options.sections)
+        return bool(calls_sections and self.options.transports)
+
+    def spawn_procs(self) -> None:
+        """Start the call figures' processes; returns at once, they boot in the background
+        (``run`` calls this first, so that they boot while this process imports torch)."""
+        from ..actor import spawn_procs
 
         for t in self.options.transports:
-            if t == "in-process":
-                procs, mesh = None, this_proc().spawn("forge_bench", calls.Bench)
-            else:
-                procs = spawn_procs(per_host={"procs": MESH_PROCS}, transport=t)
-                mesh = procs.spawn("forge_bench", calls.Bench)
-            self.meshes[t] = (procs, mesh)
-        for t, (_, mesh) in self.meshes.items():  # all up and connected before any clock starts
-            self.call(mesh.nop.call())
-            if "tensor" in self.options.sections:  # the receiver imports torch here, not timed
-                self.call(self.one(t).nbytes.call_one(self.tensors(min(self.options.sizes))))
+            if t != "in-process" and t not in self.procs:
+                # The environment makes the children's own connections (weight sync's, between
+                # trainer and replicas) use the transport too, not only ours to them.
+                self.procs[t] = spawn_procs(per_host={"procs": MESH_PROCS}, transport=t,
+                                            env={TRANSPORT_ENV: t})
 
-    def stop_meshes(self) -> None:
-        for procs, _ in self.meshes.values():
-            if procs is not None:
-                self.call(procs.stop())
-        self.meshes.clear()
+    def start_meshes(self) -> None:
+        """Every mesh up, connected and warm before any clock starts."""
+        from ..actor import this_proc
+
+        self.spawn_procs()
+        # torch first, before the first message: the kernel's pickler checks tensors against
+        # sys.modules["torch"] and fails on a torch still half imported by this thread.
+        tensor = self.tensors(min(self.options.sizes)) if "tensor" in self.options.sections \
+            else None
+        for t in self.options.transports:
+            procs = self.procs.get(t)
+            host = procs if procs is not None else this_proc()
+            self.meshes[t] = (procs, host.spawn("forge_bench", calls.Bench))
+
+        async def warm() -> None:
+            await asyncio.gather(*(mesh.nop.call() for _, mesh in self.meshes.values()))
+            if tensor is not None:  # each receiver imports torch here, all at once, not timed
+                await asyncio.gather(*(self.one(t).nbytes.call_one(tensor) for t in self.meshes))
+
+        self.call(warm())
+
+    def stop_meshes(self, keep: str | None = None) -> None:
+        """Stop every mesh (but ``keep``'s) and let the call figures' buffers go."""
+        for t in [t for t in self.procs if t != keep]:
+            self.call(self.procs.pop(t).stop())
+        for t in [t for t in self.meshes if t != keep]:
+            del self.meshes[t]
+        if keep is None and self.weights_mesh is not None:
+            self.call(self.weights_mesh.stop())
+            self.weights_mesh = None
         self.tensor_cache.clear()
         self.rig.forget_buffers()
 
     def close(self) -> None:
-        self.stop_meshes()
-        self.rig.close()
-        self.loop.close()
+        try:
+            if self.service is not None:
+                self.call(self.service.shutdown())
+                self.service = None
+            self.stop_meshes()
+        finally:
+            self.rig.close()
+            self.loop.close()
 
     def one(self, transport: str):
         procs, mesh = self.meshes[transport]
@@ -229,43 +279,58 @@ class Suite:
     # -- weights and services -------------------------------------------------------------------
     def weights(self, backend: str) -> None:
         repeats = min(self.options.repeat, WEIGHTS_MAX_REPEATS)
-        self.extra += weights.measure(backend, self.options.weights_bytes, repeats, self.rig)
+        self.extra += self.call(weights.measure(backend, self.options.weights_bytes, repeats,
+                                                self.rig, procs=self.weights_procs()))
         self.rig.forget_buffers()  # a 1 GiB payload is no use to what comes next
 
+    def weights_procs(self):
+        """Weight sync's processes: the tcp mesh's (control over tcp, as in bench_weights.py),
+        or 3 of their own, started like them, when no tcp figure runs."""
+        if "tcp" in self.procs:
+            return self.procs["tcp"]
+        if self.weights_mesh is None:
+            from ..actor import spawn_procs
+
+            self.weights_mesh = spawn_procs(per_host={"procs": 3}, transport="tcp",
+                                            env={TRANSPORT_ENV: "tcp"})
+        return self.weights_mesh
+
+    def replicas(self, count: int):
+        """The one service, with ``count`` replicas: 2 fast ones, then a slow third."""
+        async def resize() -> None:
+            if self.service is None:
+                self.service = await services.Bench.options(num_replicas=count).as_service(
+                    slow_replica=services.SLOW_REPLICA)
+            elif self.service_replicas != count:
+                await self.service.scale(count)  # scale(2) drops the slow one again
+            self.service_replicas = count
+
+        self.call(resize())
+        return self.service
+
     def fast_replicas(self) -> None:
-        """The floor of the routing figures, on one service of 2 fast replicas: latencies
+        """The floor of the routing figures, on the service's 2 fast replicas: latencies
         under load, and route() beside a direct call_one() to one replica."""
+        svc = self.replicas(2)
+
         async def measure() -> list[dict]:
-            svc = await services.Bench.options(num_replicas=2).as_service()
-            try:
-                await services.route_vs_call_one(svc, 300)  # warm-up
-                for _ in range(self.options.repeat):
-                    routed, direct = await services.route_vs_call_one(
-                        svc, self.options.route_calls)
-                    self.samples.add("services", "route() p50", "round_robin", "us", routed,
-                                     floor="call_one() p50")
-                    self.samples.floor("call_one() p50", direct)
-                return await services.load_windows(svc, self.options.repeat,
-                                                   self.options.window_s)
-            finally:
-                await svc.shutdown()
+            await services.route_vs_call_one(svc, 300)  # warm-up
+            for _ in range(self.options.repeat):
+                routed, direct = await services.route_vs_call_one(svc, self.options.route_calls)
+                self.samples.add("services", "route() p50", "round_robin", "us", routed,
+                                 floor="call_one() p50")
+                self.samples.floor("call_one() p50", direct)
+            return await services.load_windows(svc, self.options.repeat, self.options.window_s)
 
         for window in self.call(measure()):
             for q in ("p50", "p99"):
                 self.samples.floor(f"2 fast replicas {q}", window[f"{q}_ms"])
 
     def slow_replica(self, policy: str) -> None:
-        async def measure() -> list[dict]:
-            svc = await services.Bench.options(num_replicas=3, router=policy).as_service(
-                slow_replica=0)
-            try:
-                return await services.load_windows(svc, self.options.repeat,
-                                                   self.options.window_s,
-                                                   sessions=policy == "session_sticky")
-            finally:
-                await svc.shutdown()
-
-        for window in self.call(measure()):
+        svc = services.routed_by(self.replicas(3), policy)
+        windows = self.call(services.load_windows(svc, self.options.repeat, self.options.window_s,
+                                                  sessions=policy == "session_sticky"))
+        for window in windows:
             for q in ("p50", "p99"):
                 self.samples.add("services", f"{q}, 1 of 3 replicas slow", policy, "ms",
                                  window[f"{q}_ms"], floor=f"2 fast replicas {q}")
@@ -283,14 +348,18 @@ def run(options: Options) -> Result:
     logging.getLogger("forge_core.service").setLevel(logging.ERROR)
     suite = Suite(options)
     start = time.monotonic()
-    steps = suite.steps()
-    progress = Progress(len(steps), enabled=options.progress)
+    progress = None
     try:
+        if suite.needs_meshes():
+            suite.spawn_procs()  # they boot while planning imports torch here
+        steps = suite.steps()
+        progress = Progress(len(steps), enabled=options.progress)
         for step in steps:
             progress.step(step.label)
             step.run()
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         suite.close()
     return Result(suite.samples.figures() + suite.extra, suite.skipped,
                   time.monotonic() - start)

@@ -2,13 +2,14 @@
 
 That script owns the measurement (a trainer actor publishing a state dict to two policy
 actors, the floor sampled between its repeats); this module only finds it, picks the backends
-this machine can run and turns its rows into figures. Installed without the source tree, the
-weights rows are skipped and say why.
+this machine can run and turns its rows into figures: one sample per repeat, so median, min and
+max. On the CPU backends the actors go on processes the suite already runs (a tcp mesh), which
+then import torch once for every backend; the GPU backends start their own, one per GPU.
+Installed without the source tree, the weights rows are skipped and say why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,9 +17,13 @@ from types import ModuleType
 
 from .figures import Figure
 from .floors import Rig
+from .options import format_size
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_weights.py"
 TENSOR_BYTES = 4 << 20  # the state dict is made of 4 MiB tensors (fewer when it is small)
+# What one floor sample moves: a rate, steady long before 256 MiB (socket buffers are 4 MiB);
+# moving the whole 1 GiB state dict through a raw socket took 3-4 s a sample here.
+FLOOR_BYTES = 256 << 20
 # What each backend is compared with: the cheapest way to move the same bytes without Forge.
 FLOOR_NAMES = {"shm": "memcpy", "tcp": "socket", "cuda_ipc": "device copy",
                "nccl": "device copy"}
@@ -68,34 +73,40 @@ def plan(backends: list[str]) -> tuple[list[str], list[str]]:
     return run, skipped
 
 
-def measure(backend: str, nbytes: int, repeats: int, rig: Rig) -> list[Figure]:
-    """Publish ``nbytes`` of float32 tensors to 2 replicas (median over ``repeats`` after a
-    warm-up): seconds per step and GB/s per replica, beside the backend's floor, which
-    ``rig`` measures between the repeats."""
+async def measure(backend: str, nbytes: int, repeats: int, rig: Rig, procs=None) -> list[Figure]:
+    """Publish ``nbytes`` of float32 tensors to 2 replicas, ``repeats`` times after a warm-up:
+    seconds per step and GB/s per replica, one sample per repeat, beside the backend's floor,
+    which ``rig`` measures between the repeats. ``procs``: a mesh of at least 3 processes to
+    run the trainer and the replicas on (CPU backends only), kept running afterwards."""
     script = _script()
     numel = min(TENSOR_BYTES, nbytes) // 4
     count = max(1, nbytes // (numel * 4))
     options: dict = {}
+    floor_bytes = min(nbytes, FLOOR_BYTES)
     if backend == "shm":
-        options["baseline"] = lambda: rig.memcpy_gbps(min(nbytes, 256 << 20), repeats=2)
+        options["baseline"] = lambda: rig.memcpy_gbps(floor_bytes, repeats=2)
     elif backend == "tcp":
-        options["baseline"] = lambda: rig.bulk_gbps(nbytes, repeats=1)
+        options["baseline"] = lambda: rig.bulk_gbps(floor_bytes, repeats=2)
     else:
         options["device"] = "cuda"
+        options["baseline"] = lambda: [script.device_copy_gbps(nbytes, repeats=2)]
+        procs = None  # each process needs its own GPU: the CPU mesh will not do
         if backend == "nccl":  # one rank per GPU: trainer on 0, replicas on 1 and 2
             options["gpu_env"] = {"trainer": {"CUDA_VISIBLE_DEVICES": "0"},
                                   **{f"policy{i}": {"CUDA_VISIBLE_DEVICES": str(i + 1)}
                                      for i in range(2)}}
-    row = asyncio.run(script.run_backend(backend, count, numel, repeats, **options))
-    floor = row["baseline_gbps"]
-    if floor is None and backend in ("cuda_ipc", "nccl"):
-        floor = script.device_copy_gbps(row["bytes"])
-    # run_backend reports medians only: these rows have no min and max (see results README).
-    common = dict(section="weights", transport=backend, spread_known=False,
-                  note=f"{row['bytes'] / 2**30:.3g} GiB to {row['replicas']} replicas")
-    gbps = Figure(name="sync GB/s per replica", unit="GB/s", higher_is_better=True,
-                  samples=[row["step_gbps_per_replica"]], floor=FLOOR_NAMES[backend],
-                  floor_samples=[floor] if floor else [], **common)
-    seconds = Figure(name="sync step", unit="s", higher_is_better=False,
-                     samples=[row["step_s"]], **common)
+    row = await script.run_backend(backend, count, numel, repeats, procs=procs, **options)
+    floors = row["samples"]["baseline_gbps"]
+    size = format_size(row["bytes"])
+    steps = row["samples"]["step_s"]
+    common = dict(section="weights", transport=backend,
+                  note=f"{size} to {row['replicas']} replicas, {len(steps)} repeats")
+    floor_name = FLOOR_NAMES[backend]
+    if backend in ("shm", "tcp"):
+        floor_name += f" {format_size(floor_bytes)}"
+    gbps = Figure(name=f"sync {size}, GB/s per replica", unit="GB/s", higher_is_better=True,
+                  samples=[row["bytes"] / s / 1e9 for s in steps], floor=floor_name,
+                  floor_samples=list(floors), **common)
+    seconds = Figure(name=f"sync {size}, step", unit="s", higher_is_better=False,
+                     samples=list(steps), **common)
     return [seconds, gbps]

@@ -36,18 +36,20 @@ def test_forge_bench_quick_writes_a_table_json_and_chart(tmp_path):
         assert figures[f"latency/rtt p99/{transport}"]["floor"] == (
             f"{'unix' if transport == 'shm' else 'tcp'} ping-pong p99")
         assert f"mesh/call() 4 procs/{transport}" in figures
-        assert f"weights/sync GB/s per replica/{transport}" in figures
+        # --quick syncs 64 MiB, and the figure's name says so (never compared with 1 GiB's).
+        assert f"weights/sync 64 MiB, GB/s per replica/{transport}" in figures
+        assert f"weights/sync 64 MiB, step/{transport}" in figures
+    assert "weight sync of 64 MiB to 2 replicas" in run.stdout
     for policy in ("round_robin", "least_loaded", "session_sticky"):
         assert f"services/p99, 1 of 3 replicas slow/{policy}" in figures
     assert "services/route() p50/round_robin" in figures
     assert any("cuda_ipc" in reason for reason in data["skipped"]) or any(
         f["transport"] == "cuda_ipc" for f in data["figures"])
 
-    for figure in data["figures"]:  # medians over repeats, never one run
+    for figure in data["figures"]:  # medians over repeats, never one run: weight sync too
         assert figure["median"] > 0, figure
-        if figure["spread_known"]:
-            assert len(figure["samples"]) == 3
-            assert figure["min"] <= figure["median"] <= figure["max"]
+        assert figure["repeats"] == len(figure["samples"]) == 3, figure
+        assert figure["min"] <= figure["median"] <= figure["max"], figure
         if figure["floor"]:
             assert figure["floor_samples"] and figure["ratio"] > 0, figure
 
