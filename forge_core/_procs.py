@@ -1,9 +1,10 @@
 """Starting, watching and stopping the OS processes of a ProcMesh (on the home loop).
 
 Each child runs ``forge_core._bootstrap`` with its whole environment set before any of it
-runs. On Linux it is forked from the fork server (``_zygote``), which has imported the kernel
-already, so it starts in milliseconds; elsewhere, with ``FORGE_ZYGOTE=0``, or when its
-environment changes how Python itself starts (``PYTHON*``, ``LD_*``, ...), it is a fresh
+runs. On Linux it is forked from a fork server (``_zygote``) that has imported the kernel
+already, so it starts in milliseconds; there is one fork server per set of variables that
+change how Python itself starts (``PYTHON*``, ``LD_*``, ...), so a child's are those it asked
+for. Elsewhere, with ``FORGE_ZYGOTE=0``, or past a few such sets, it is a fresh
 ``python -m forge_core._bootstrap``. Either way two pipes tie it to its parent:
 
 - the *lifeline* (parent writes, child reads): the parent never writes; when the parent dies,
@@ -129,8 +130,8 @@ def launch(runtime: Any, envs: list[dict[str, str]]) -> list[ChildProc]:
 # How a child is started: forked by the zygote, or a fresh interpreter.
 
 ZYGOTE_ENV = "FORGE_ZYGOTE"  # "0": start every proc as a fresh interpreter
-# Environment variables read while Python itself starts: a child whose values differ from the
-# zygote's cannot be one of its forks.
+# Environment variables read while Python itself starts: a child is forked from a zygote that
+# started with the same values (one zygote per set of values).
 _INTERPRETER_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES")
 
 
@@ -200,16 +201,19 @@ class _ForkedProcess:
 
 
 class _Zygote:
-    """The parent's side of the fork server (see ``_zygote``); one per process and home loop,
-    started on first use and again if it dies. Requests are sent at once: the socket holds
-    them, descriptors included, until the zygote has imported everything and reads them."""
+    """The parent's side of the fork server (see ``_zygote``): one per home loop and set of
+    interpreter variables (``PYTHON*``, ...) that its children ask for, started on first use
+    and again if it dies. Requests are sent at once: the socket holds them, descriptors
+    included, until the zygote has imported everything and reads them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, interpreter_env: frozenset):
         from ._zygote import CONTROL_ENV
 
         self.loop = loop
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.base_env = {**os.environ, "FORGE_PLUGINS": plugins.resolved_for_children(),
+        ordinary = {k: v for k, v in os.environ.items() if not k.startswith(_INTERPRETER_PREFIXES)}
+        self.base_env = {**ordinary, **dict(interpreter_env),
+                         "FORGE_PLUGINS": plugins.resolved_for_children(),
                          "FORGE_PARENT_PID": str(os.getpid())}
         try:
             self._popen = subprocess.Popen(
@@ -224,11 +228,6 @@ class _Zygote:
         self._by_pid: dict[int, _ForkedProcess] = {}
         self._received = b""
         loop.add_reader(self._control.fileno(), self._on_readable)
-
-    def can_fork(self, env: dict[str, str]) -> bool:
-        changed = {k for k in env.keys() | self.base_env.keys()
-                   if env.get(k) != self.base_env.get(k)}
-        return not any(k.startswith(_INTERPRETER_PREFIXES) for k in changed)
 
     def spawn(self, env: dict[str, str], lifeline: int, hello: int) -> _ForkedProcess:
         self._next_id += 1
@@ -279,16 +278,25 @@ class _Zygote:
         log.debug("the fork server exited")
 
 
-_zygotes: dict[int, _Zygote] = {}  # by id() of the home loop
+_zygotes: dict[tuple[int, frozenset], _Zygote] = {}  # by home loop and interpreter variables
+_MAX_ZYGOTES = 4  # per home loop; a child whose interpreter variables need a fifth starts fresh
 
 
 def _zygote_for(loop: asyncio.AbstractEventLoop, env: dict[str, str]) -> _Zygote | None:
     if os.environ.get(ZYGOTE_ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return None
-    zygote = _zygotes.get(id(loop))
-    if zygote is None or not zygote.alive or zygote.loop is not loop:
-        zygote = _zygotes[id(loop)] = _Zygote(loop)
-    return zygote if zygote.can_fork(env) else None
+    interpreter_env = frozenset((k, v) for k, v in env.items()
+                                if k.startswith(_INTERPRETER_PREFIXES))
+    key = (id(loop), interpreter_env)
+    zygote = _zygotes.get(key)
+    if zygote is not None and zygote.alive and zygote.loop is loop:
+        return zygote
+    for dead in [k for k, z in _zygotes.items() if not z.alive]:
+        del _zygotes[dead]
+    if sum(k[0] == id(loop) for k in _zygotes) >= _MAX_ZYGOTES:
+        return None
+    zygote = _zygotes[key] = _Zygote(loop, interpreter_env)
+    return zygote
 
 
 def fork_server_pids() -> list[int]:

@@ -347,15 +347,7 @@ class Channel:
         request_id = self._next_id
         self._next_id = request_id + 1
         self._waiting[request_id] = sink
-        meta = _pack_header(kind, request_id, len(actor_id)) + actor_id + payload
-        conn = self._conn
-        if conn is None:
-            self._queue.append((meta, buffers))  # type: ignore[union-attr]
-            return
-        try:
-            conn.send(meta, buffers)
-        except ConnectionError as exc:
-            self._break(self._dead_error(repr(exc)))
+        self._send(_pack_header(kind, request_id, len(actor_id)) + actor_id + payload, buffers)
 
     def post(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> None:
         if self.broken is not None:
