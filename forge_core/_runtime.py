@@ -135,10 +135,8 @@ class Runtime:
                  meta: bytes, buffers: list) -> None:
         """Handle one incoming message on the home loop (the hot path of every call).
 
-        ``meta`` is bytes-like (a transport may hand over a bytearray). ``track`` is told of
-        the task that runs an async call, so that the caller's disconnection can cancel it."""
-        if type(meta) is not bytes:  # a large frame's metadata may come as a bytearray
-            meta = bytes(meta)
+        ``track`` is told of the task that runs an async call, so that the caller's
+        disconnection can cancel it."""
         kind, request_id, actor_len = _unpack_header(meta)
         if kind == m.REQUEST or kind == m.SEND:
             offset = _HEADER_SIZE + actor_len

@@ -1,7 +1,7 @@
 """What a transport plugin implements, and the helpers every transport shares.
 
-A transport moves *messages* between two processes. A message is ``meta`` (a small bytes-like
-object, ``bytes`` or ``bytearray``: the kernel's envelope and pickle stream) plus a list of out-of-band ``buffers`` (large
+A transport moves *messages* between two processes. A message is ``meta`` (a small bytes
+object: the kernel's envelope and pickle stream) plus a list of out-of-band ``buffers`` (large
 tensors and arrays, as memoryviews). The transport must deliver, per connection and in order,
 exactly the ``meta`` and ``buffers`` that were sent, and it must authenticate the peer before it
 hands the kernel a single byte: the kernel unpickles ``meta``, and pickle is code execution.
@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 from .errors import AuthenticationError
 
 # Receivers the kernel installs on a connection.
-OnMessage = Callable[[bytes, list], None]  # (meta: bytes or bytearray, buffers)
+OnMessage = Callable[[bytes, list], None]  # (meta, buffers)
 OnClosed = Callable[[BaseException | None], None]  # None: closed cleanly by us
 
 

@@ -6,7 +6,6 @@ It reaches any host. A frame is::
 
 Buffers are written with ``writelines`` (scatter-gather, no copy into one big bytes) and read
 straight into a buffer of their exact size, which becomes the object the receiver sees.
-A receiver gets ``meta`` as ``bytes`` (or a ``bytearray`` for a frame read part by part).
 """
 
 from __future__ import annotations
@@ -268,11 +267,11 @@ class FrameProtocol(asyncio.Protocol):
         sizes = (meta_len, *lengths)
         frame_end = parts_start + sum(sizes)
         if frame_end <= len(data):  # all here: cut it out
-            view, parts, at = memoryview(data), [], parts_start
-            for size in sizes:
-                parts.append(bytearray(view[at:at + size]))
+            view, buffers, at = memoryview(data), [], parts_start + meta_len
+            for size in lengths:
+                buffers.append(bytearray(view[at:at + size]))
                 at += size
-            self._deliver(bytes(parts[0]), parts[1:])
+            self._deliver(data[parts_start:parts_start + meta_len], buffers)
             return frame_end
         if frame_end - position <= _COLLECT_LIMIT:  # small: collect it whole, then decode
             self._pending = data[position:]
@@ -287,7 +286,7 @@ class FrameProtocol(asyncio.Protocol):
         if self._state == _CLOSED:
             return
         self._transport.set_protocol(self)  # type: ignore[union-attr]
-        self._deliver(reader.parts[0], reader.parts[1:])
+        self._deliver(bytes(reader.parts[0]), reader.parts[1:])
 
     def _deliver(self, meta: bytes, buffers: list) -> None:
         if self._on_message is None:
