@@ -32,6 +32,11 @@ _current_point: contextvars.ContextVar[Point | None] = contextvars.ContextVar(
     "forge_current_point", default=None)
 
 
+_get_point = _current_point.get
+_NO_KWARGS: dict = {}  # shared: calls only ever unpack it (f(**kwargs) copies)
+_REPLY_OK = m.REPLY_OK
+
+
 def current_point() -> Point | None:
     return _current_point.get()
 
@@ -64,7 +69,7 @@ class ActorHost:
                                           f"endpoints are {sorted(self._endpoints)}")
             return
         if arguments_at == len(meta):
-            args, kwargs = (), {}
+            args, kwargs = (), _NO_KWARGS
         else:
             try:
                 args, kwargs = _loads(memoryview(meta)[arguments_at:], buffers=buffers)
@@ -75,8 +80,9 @@ class ActorHost:
         if not spec.is_async:
             if self._busy:  # an async call is running: wait for it, in order
                 self._queue.append((spec, request_id, args, kwargs, reply, track))
-            else:  # idle: run it right here (the queue is empty whenever the actor is idle)
-                self._call_sync(spec, request_id, args, kwargs, reply)
+                return
+            # Idle: run it right here (the queue is empty whenever the actor is idle).
+            self._call_sync(spec, request_id, args, kwargs, reply)
             return
         message = (spec, request_id, args, kwargs, reply, track)
         if spec.concurrent:
@@ -95,20 +101,21 @@ class ActorHost:
 
     def _call_sync(self, spec, request_id: int, args: tuple, kwargs: dict,
                    reply: Reply | None) -> None:
-        token = _current_point.set(self.point)
+        # current_rank() must see this actor's point. It is set, and left set, in the context
+        # this runs in (each connection's callbacks run in a context of their own): the next
+        # call from the same caller usually finds it set already, and only actor code reads it.
+        if _get_point() is not self.point:
+            _current_point.set(self.point)
         try:
             result = getattr(self.instance, spec.name)(*args, **kwargs)
         except Exception as exc:
             self._answer_error(spec, request_id, reply, exc)
-        else:
-            if reply is None:
-                pass
-            elif result is None:
-                reply(m.REPLY_OK, request_id, b"", [])  # an empty reply is None
+            return
+        if reply is not None:
+            if result is None:
+                reply(_REPLY_OK, request_id, b"", [])  # an empty reply is None
             else:
                 self._answer(spec, request_id, reply, result)
-        finally:
-            _current_point.reset(token)
 
     def _run_queued(self) -> None:
         """After an async call: run what waited, inline, until one needs a task again."""

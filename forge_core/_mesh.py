@@ -21,7 +21,7 @@ from . import allocation
 from . import _wire
 from ._actors import current_point
 from ._endpoint import EndpointSpec, NotReady, encode_call, endpoints_of
-from ._future import CallFuture, Future, GatherFuture, RawFuture, ThreadFuture
+from ._future import Future, GatherFuture, RawFuture, ThreadFuture, call_future
 from ._procs import launch
 from ._runtime import Runtime, on_home_loop, spawn_error
 from ._shape import Point, ValueMesh, check_sizes, nelement, points, select
@@ -447,23 +447,25 @@ class ActorMesh:
         if mode == _ONE and payload is not None:
             # The hot path: call_one() again from the loop of the last call, on its channel.
             channel = self._last_channel
-            if channel is not None and channel.loop is loop and channel.broken is None:
-                future = CallFuture(loop=loop)
-                channel.request(m.REQUEST, self._actor_id, payload, buffers, future)
-                return future
+            if channel is not None and channel.loop is loop:  # (a broken one fails the call)
+                return channel.call(self._actor_id, payload, buffers)
         if loop is None:  # synchronous caller: the home loop makes the call
-            return ThreadFuture(on_home_loop(
-                lambda: self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
+            return self._invoke_from_home_loop(spec, args, kwargs, mode, payload, buffers)
         if payload is None or (self._ready_targets is None and not self._spawned.done()):
             future = self._new_future(loop, mode)
             loop.create_task(self._invoke_later(spec, args, kwargs, mode, payload, buffers, future))
             return future
         return self._send(loop, spec, mode, payload, buffers)
 
+    def _invoke_from_home_loop(self, spec, args, kwargs, mode, payload, buffers) -> Future:
+        # Its own method so that _invoke, the hot path, keeps no closure cells.
+        return ThreadFuture(on_home_loop(
+            lambda: self._invoke_later(spec, args, kwargs, mode, payload, buffers)))
+
     def _new_future(self, loop: asyncio.AbstractEventLoop, mode: int) -> Future:
         if mode == _ALL:
             return GatherFuture(loop, self._sizes, len(self))
-        return CallFuture(loop=loop)
+        return call_future(loop)
 
     async def _invoke_later(self, spec, args, kwargs, mode, payload, buffers,
                             future: Future | None = None) -> Any:
@@ -535,7 +537,7 @@ class ActorMesh:
         runtime = Runtime.get()
         pending = []
         for info in self._targets():
-            pending.append(CallFuture(loop=loop))
+            pending.append(call_future(loop))
             runtime.channel(info, loop, self._transport).request(
                 m.REQUEST, self._actor_id, payload, buffers, pending[-1])
         try:
@@ -568,15 +570,25 @@ def _rebuild_actor_mesh(class_name, endpoints, actor_id, sizes, targets, errors,
 class EndpointRef:
     """``mesh.endpoint``: choose how to call it."""
 
-    __slots__ = ("_mesh", "_spec")
+    __slots__ = ("_mesh", "_spec", "_bare_call")
 
     def __init__(self, mesh: ActorMesh, spec: EndpointSpec):
         self._mesh = mesh
         self._spec = spec
+        # The whole body of a call without arguments, if the endpoint takes none.
+        self._bare_call = spec.wire_name if spec.plain_arity == 0 else None
 
     def call_one(self, *args: Any, **kwargs: Any) -> Future:
         """Call the only actor of the mesh (or rank 0 of a larger one)."""
-        return self._mesh._invoke(self._spec, args, kwargs, _ONE)
+        mesh = self._mesh
+        channel = mesh._last_channel
+        body = self._bare_call
+        if (body is not None and not args and not kwargs and channel is not None
+                and channel.loop is _get_running_loop()):
+            # The hottest path, a call without arguments from the loop of the last call:
+            # nothing to check or pickle, and the channel is known (a broken one fails it).
+            return channel.call(mesh._actor_id, body, [])
+        return mesh._invoke(self._spec, args, kwargs, _ONE)
 
     def choose(self, *args: Any, **kwargs: Any) -> Future:
         """Call one actor, picked by the kernel (round robin over live processes)."""

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from . import _messages as m
 from . import _wire, plugins
+from ._future import CallFuture
 from ._actors import ActorHost, construct
 from ._shape import Point
 from .errors import ActorError, SupervisionError, TransportError
@@ -40,6 +41,7 @@ HOST_ID_ENV = "FORGE_HOST_ID"
 
 _get_running_loop = asyncio._get_running_loop  # None outside a loop, no exception: hot path
 _unpack_header, _pack_header, _HEADER_SIZE = m.HEADER.unpack_from, m.HEADER.pack, m.HEADER.size
+_REQUEST, _SEND = m.REQUEST, m.SEND
 
 
 def host_identity() -> str:
@@ -138,11 +140,11 @@ class Runtime:
         ``track`` is told of the task that runs an async call, so that the caller's
         disconnection can cancel it."""
         kind, request_id, actor_len = _unpack_header(meta)
-        if kind == m.REQUEST or kind == m.SEND:
+        if kind == _REQUEST or kind == _SEND:
             offset = _HEADER_SIZE + actor_len
             actor_id = meta[_HEADER_SIZE:offset]
             host = self.actors.get(actor_id)
-            if kind == m.SEND:
+            if kind == _SEND:
                 reply = track = None  # type: ignore[assignment]
             if host is not None:
                 host.deliver(request_id, meta, offset, buffers, reply, track)
@@ -286,7 +288,20 @@ class _Caller:
             task.cancel()
 
 
-class Channel:
+class _Calls:
+    """What both kinds of channel offer on top of ``request``."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, actor_id: bytes, payload: bytes, buffers: list) -> CallFuture:
+        """Call an endpoint (``payload`` is the call's body); the future resolves to its result."""
+        future = CallFuture()  # call_future(), written out: this is every call's path
+        future._future = self.loop.create_future()
+        self.request(_REQUEST, actor_id, payload, buffers, future)  # type: ignore[attr-defined]
+        return future
+
+
+class Channel(_Calls):
     """Ordered messages from one event loop of this process to one peer process.
 
     Requests get an id and an asyncio future of ``loop``; the peer's reply resolves it. Until
@@ -345,7 +360,15 @@ class Channel:
         request_id = self._next_id
         self._next_id = request_id + 1
         self._waiting[request_id] = sink
-        self._send(_pack_header(kind, request_id, len(actor_id)) + actor_id + payload, buffers)
+        meta = _pack_header(kind, request_id, len(actor_id)) + actor_id + payload
+        conn = self._conn
+        if conn is None:  # still connecting
+            self._queue.append((meta, buffers))  # type: ignore[union-attr]
+            return
+        try:  # _send, written out: this is every call's path
+            conn.send(meta, buffers)
+        except ConnectionError as exc:
+            self._break(self._dead_error(repr(exc)))
 
     def post(self, kind: int, actor_id: bytes, payload: bytes, buffers: list) -> None:
         if self.broken is not None:
@@ -383,7 +406,7 @@ class Channel:
             self._conn.close()
 
 
-class LocalChannel:
+class LocalChannel(_Calls):
     """Messages to actors in this very process: no transport, but still a copy of every
     argument (actors share no state), delivered on the home loop."""
 

@@ -110,6 +110,40 @@ async def test_future_get_inside_the_loop_says_to_await():
     assert await fut == 0
 
 
+async def test_call_futures_work_with_asyncio_helpers():
+    """The futures of calls made on a loop are not asyncio.Future subclasses (a task awaits
+    those more slowly) but asyncio's helpers take them as futures all the same."""
+    procs = spawn_procs(per_host={"procs": 2})
+    counters = procs.spawn("counters", Counter, 5)
+    fut = counters.get_value.call_one()
+    assert asyncio.isfuture(fut) and isinstance(fut, Future)
+    seen: list = []
+    dropped: list = []
+    fut.add_done_callback(seen.append)
+    fut.add_done_callback(dropped.append)
+    assert fut.remove_done_callback(dropped.append) == 1
+    assert await fut == 5
+    assert fut.done() and fut.result() == 5 and fut.exception() is None
+    await asyncio.sleep(0)
+    assert seen == [fut] and dropped == []  # callbacks get the future they were added to
+    both = await asyncio.gather(counters.get_value.call_one(), counters.get_value.call())
+    assert both == [5, [5, 5]]
+    assert await asyncio.wait_for(counters.get_value.call_one(), 10) == 5
+    assert await asyncio.shield(counters.get_value.call_one()) == 5
+    pending = [counters.get_value.call_one(), counters.aget_value.call_one()]
+    done, _ = await asyncio.wait(pending)
+    assert done == set(pending)
+    assert [await f for f in asyncio.as_completed(pending)] == [5, 5]
+    cancelled = counters.aget_value.call_one()
+    assert cancelled.cancel() and cancelled.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert await counters.get_value.call_one() == 5  # its late reply harmed nothing
+    fut = counters.get_value.call_one()
+    assert await asyncio.to_thread(fut.get, 10) == 5  # get() from another thread
+    await procs.stop()
+
+
 async def test_handles_travel_to_other_actors():
     procs = spawn_procs(per_host={"procs": 3})
     counters = procs.slice(procs=slice(0, 2)).spawn("counters", Counter, 10)
@@ -123,6 +157,20 @@ async def test_handles_travel_to_other_actors():
 
 async def test_current_rank_outside_an_actor_is_rank_zero():
     assert current_rank().rank == 0 and current_size() == {}
+
+
+async def test_actors_sharing_a_process_each_see_their_own_rank():
+    # Calls to both reach process 1 over one connection, alternately: each actor must see
+    # its own point, and code outside actors none.
+    procs = spawn_procs(per_host={"procs": 2})
+    wide = procs.spawn("wide", Counter)  # rank 1 of 2 in process 1
+    alone = procs.slice(procs=1).spawn("alone", Counter)  # the only one of its mesh there
+    second = wide.slice(procs=1)
+    for _ in range(3):
+        assert await second.where.call_one() == (1, {"procs": 1}, {"procs": 2})
+        assert await alone.where.call_one() == (0, {}, {})  # slice(procs=1) drops the dim
+    assert current_rank().rank == 0 and current_size() == {}
+    await procs.stop()
 
 
 async def test_async_context_manager_stops_the_mesh():

@@ -34,6 +34,7 @@ MAX_MESSAGE = int(os.environ.get("FORGE_MAX_MESSAGE_BYTES", str(32 << 30)))
 MAX_BUFFERS = 4096
 
 _FRAME = struct.Struct("<II")
+_FRAME_SIZE, _pack_frame, _unpack_frame = _FRAME.size, _FRAME.pack, _FRAME.unpack_from
 # A frame up to this size is collected whole from successive reads before it is decoded;
 # a larger one is read part by part into buffers of their exact sizes.
 _COLLECT_LIMIT = 256 * 1024
@@ -138,6 +139,7 @@ class FrameProtocol(asyncio.Protocol):
         self._on_ready = on_ready
         self._on_failed = on_failed
         self._transport: asyncio.Transport | None = None
+        self._write: Callable | None = None  # the transport's write, from handshake to close
         self._pending = b""  # the start of a frame (or handshake step) whose rest has not come
         self._state = _CLIENT_WAIT_HELLO
         self._nonce = b""
@@ -170,6 +172,20 @@ class FrameProtocol(asyncio.Protocol):
             self._state = _CLIENT_WAIT_HELLO
 
     def data_received(self, data: bytes) -> None:
+        on_message = self._on_message  # set once the handshake is over, cleared on rejection
+        if on_message is not None and not self._pending and len(data) >= _FRAME_SIZE:
+            meta_len, n_buffers = _unpack_frame(data)
+            if not n_buffers and len(data) == _FRAME_SIZE + meta_len and meta_len <= MAX_META:
+                # The common case: a call or a reply arriving whole, alone, in one read.
+                try:
+                    on_message(data[_FRAME_SIZE:], [])
+                except Exception:  # the kernel reports its own errors; never kill the reader
+                    log.exception("error while handling a message from %s", self._peer)
+                return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        """Any read: handshake steps, a frame in pieces, several frames, frames with buffers."""
         if self._pending:
             data, self._pending = self._pending + data, b""
         if self._state != _FRAMES:
@@ -179,16 +195,16 @@ class FrameProtocol(asyncio.Protocol):
         on_message = self._on_message
         position, end = 0, len(data)
         try:
-            while end - position >= _FRAME.size and self._state == _FRAMES:
-                meta_len, n_buffers = _FRAME.unpack_from(data, position)
-                meta_end = position + _FRAME.size + meta_len
+            while end - position >= _FRAME_SIZE and self._state == _FRAMES:
+                meta_len, n_buffers = _unpack_frame(data, position)
+                meta_end = position + _FRAME_SIZE + meta_len
                 if n_buffers or meta_end > end or meta_len > MAX_META or on_message is None:
                     position = self._frame(data, position)
                     if position < 0:
                         return  # the rest of the frame is yet to come
                     continue
                 try:
-                    on_message(data[position + _FRAME.size:meta_end], [])
+                    on_message(data[position + _FRAME_SIZE:meta_end], [])
                 except Exception:  # the kernel reports its own errors; never kill the reader
                     log.exception("error while handling a message from %s", self._peer)
                 position = meta_end
@@ -206,6 +222,7 @@ class FrameProtocol(asyncio.Protocol):
             # A server closes right after our answer only when our MAC was wrong.
             exc = AuthenticationError("the peer refused our cluster secret")
         self._state = _CLOSED
+        self._write = None
         self._pending = b""  # a closed connection may be referenced for a while
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -230,17 +247,19 @@ class FrameProtocol(asyncio.Protocol):
             on_closed(None if self._closing else ConnectionResetError("connection closed"))
 
     def send(self, meta: bytes, buffers: Sequence[memoryview] = ()) -> None:
-        if self._state == _CLOSED or self._closing or self._transport is None:
+        write = self._write
+        if write is None:
             raise ConnectionResetError(f"connection to {self._peer} is closed")
         if not buffers:
-            self._transport.write(_FRAME.pack(len(meta), 0) + meta)
+            write(_pack_frame(len(meta), 0) + meta)
             return
         lengths = [memoryview(b).nbytes for b in buffers]
-        header = _FRAME.pack(len(meta), len(buffers)) + struct.pack(f"<{len(buffers)}Q", *lengths)
-        self._transport.writelines([header + meta, *buffers])
+        header = _pack_frame(len(meta), len(buffers)) + struct.pack(f"<{len(buffers)}Q", *lengths)
+        self._transport.writelines([header + meta, *buffers])  # type: ignore[union-attr]
 
     def close(self) -> None:
         self._closing = True
+        self._write = None
         if self._transport is not None:
             self._transport.close()
 
@@ -252,16 +271,16 @@ class FrameProtocol(asyncio.Protocol):
     def _frame(self, data: bytes, position: int) -> int:
         """Decode the frame at ``position`` (any frame the fast path does not take); return
         where the next one starts, or -1 if the rest of this one has not arrived yet."""
-        meta_len, n_buffers = _FRAME.unpack_from(data, position)
+        meta_len, n_buffers = _unpack_frame(data, position)
         if meta_len > MAX_META:
             raise TransportError(f"frame metadata of {meta_len} bytes exceeds {MAX_META}")
         if n_buffers > MAX_BUFFERS:
             raise TransportError(f"frame with {n_buffers} buffers exceeds {MAX_BUFFERS}")
-        parts_start = position + _FRAME.size + 8 * n_buffers
+        parts_start = position + _FRAME_SIZE + 8 * n_buffers
         if parts_start > len(data):
             self._pending = data[position:]
             return -1
-        lengths = struct.unpack_from(f"<{n_buffers}Q", data, position + _FRAME.size)
+        lengths = struct.unpack_from(f"<{n_buffers}Q", data, position + _FRAME_SIZE)
         if sum(lengths) > MAX_MESSAGE:
             raise TransportError(f"message of {sum(lengths)} bytes exceeds {MAX_MESSAGE}")
         sizes = (meta_len, *lengths)
@@ -331,6 +350,7 @@ class FrameProtocol(asyncio.Protocol):
             self._handshake_timer.cancel()
         self._ready = True
         self._state = _FRAMES
+        self._write = self._transport.write  # type: ignore[union-attr]
         self._on_ready(self)
 
     def _handshake_expired(self) -> None:
@@ -342,6 +362,7 @@ class FrameProtocol(asyncio.Protocol):
             return
         log.warning("closing TCP connection from %s: %s", self._peer, reason)
         self._state = _CLOSED
+        self._write = self._on_message = None
         self._pending = b""
         if not self._ready and self._on_failed is not None:
             self._on_failed(AuthenticationError(reason))
