@@ -102,8 +102,9 @@ class ActorHost:
     def _call_sync(self, spec, request_id: int, args: tuple, kwargs: dict,
                    reply: Reply | None) -> None:
         # current_rank() must see this actor's point. It is set, and left set, in the context
-        # this runs in (each connection's callbacks run in a context of their own): the next
-        # call from the same caller usually finds it set already, and only actor code reads it.
+        # this runs in (under uvloop, that of the listening server, shared by its connections),
+        # so the next call usually finds it set already. That is sound because every way into
+        # an actor sets it first: here, _start_async and construct; only actor code reads it.
         if _get_point() is not self.point:
             _current_point.set(self.point)
         try:

@@ -80,7 +80,7 @@ class LoopFuture(Future[T]):
     ``as_completed`` and ``shield`` take it as it is.
     """
 
-    __slots__ = ("_future",)
+    __slots__ = ("_future", "__weakref__")
     _asyncio_future_blocking = False  # what asyncio.isfuture() looks for; the inner one blocks
     _future: asyncio.Future  # set by whoever creates it (no __init__: one frame less per call)
 
@@ -135,6 +135,14 @@ class LoopFuture(Future[T]):
     def set_result(self, value: Any) -> None:
         self._future.set_result(value)
 
+    # asyncio.gather reads these two of a cancelled child (Python 3.9-3.13)
+    def _make_cancelled_error(self) -> BaseException:
+        return self._future._make_cancelled_error()  # type: ignore[attr-defined]
+
+    @property
+    def _cancel_message(self) -> Any:
+        return getattr(self._future, "_cancel_message", None)
+
     def set_exception(self, exc: BaseException) -> None:
         self._future.set_exception(exc)
 
@@ -166,6 +174,9 @@ class _Relay:
         return self._fn == other
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:  # asyncio's logs name the callback
+        return repr(self._fn)
 
 
 class CallFuture(LoopFuture[T]):

@@ -304,10 +304,10 @@ class _Calls:
 class Channel(_Calls):
     """Ordered messages from one event loop of this process to one peer process.
 
-    Requests get an id and an asyncio future of ``loop``; the peer's reply resolves it. Until
-    the connection is up, messages queue here in order. If the connection breaks, every
-    waiting request fails with ``SupervisionError`` and the peer is marked dead, so later calls
-    fail fast.
+    Requests get an id and a sink (a future of ``loop``, or a slot of one); the peer's reply
+    resolves it. Until the connection is up, messages queue here in order. If the connection
+    breaks, every waiting request fails with ``SupervisionError`` and the peer is marked dead,
+    so later calls fail fast.
     """
 
     def __init__(self, runtime: Runtime, peer: ProcInfo, loop: asyncio.AbstractEventLoop,
@@ -320,7 +320,7 @@ class Channel(_Calls):
         self.broken: BaseException | None = None
         self._conn: Connection | None = None
         self._queue: list[tuple[bytes, list]] | None = []
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, Any] = {}  # request id -> sink (_reply / _fail)
         self._next_id = 1
         if peer.proc_id in runtime.dead:
             self.broken = self._dead_error("it died earlier")

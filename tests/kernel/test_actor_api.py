@@ -139,6 +139,12 @@ async def test_call_futures_work_with_asyncio_helpers():
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert await counters.get_value.call_one() == 5  # its late reply harmed nothing
+    with pytest.raises(asyncio.TimeoutError):  # gather cancels its children on the timeout
+        await asyncio.wait_for(asyncio.gather(counters.asleep.call_one(30)), 0.2)
+    cancelled = counters.asleep.call_one(30)
+    cancelled.cancel("no longer needed")
+    (outcome,) = await asyncio.gather(cancelled, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
     fut = counters.get_value.call_one()
     assert await asyncio.to_thread(fut.get, 10) == 5  # get() from another thread
     await procs.stop()
