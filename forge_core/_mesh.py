@@ -436,13 +436,10 @@ class ActorMesh:
 
     # -- making calls -------------------------------------------------------------------------
     def _invoke(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int) -> Future:
-        if not args and not kwargs and spec.plain_arity == 0:
-            payload, buffers = spec.wire_name, []  # nothing to check or pickle
-        else:
-            try:
-                payload, buffers = encode_call(self._class_name, spec, args, kwargs)
-            except NotReady:
-                payload, buffers = None, []
+        try:
+            payload, buffers = encode_call(self._class_name, spec, args, kwargs)
+        except NotReady:
+            payload, buffers = None, []
         loop = _get_running_loop()
         if mode == _ONE and payload is not None:
             # The hot path: call_one() again from the loop of the last call, on its channel.
@@ -535,11 +532,9 @@ class ActorMesh:
             payload, buffers = await _call_when_ready(spec, args, kwargs)
         loop = asyncio.get_running_loop()
         runtime = Runtime.get()
-        pending = []
-        for info in self._targets():
-            pending.append(call_future(loop))
-            runtime.channel(info, loop, self._transport).request(
-                m.REQUEST, self._actor_id, payload, buffers, pending[-1])
+        pending = [runtime.channel(info, loop, self._transport).call(self._actor_id, payload,
+                                                                      buffers)
+                   for info in self._targets()]
         try:
             for next_done in asyncio.as_completed(pending):
                 yield await next_done

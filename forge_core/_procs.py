@@ -262,8 +262,11 @@ class _Zygote:
                 process = self._by_pid.pop(int(fields[0]), None)
                 if process is not None:
                     process._exited(int(fields[1]))
-            elif kind == "failed":
+            elif kind == "failed":  # no child: the proc's start fails, nobody waits on it
                 log.error("the fork server refused a request: %s", line)
+                process = self._by_id.pop(int(fields[0]), None) if fields[0].isdigit() else None
+                if process is not None:
+                    process._exited(1)
 
     def _died(self) -> None:
         """Its children die with it (they are tied to it like any proc to its parent)."""

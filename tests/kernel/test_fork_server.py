@@ -4,6 +4,8 @@ interpreter variables they ask for, and die with the fork server as with their p
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -114,3 +116,22 @@ async def test_killing_the_fork_server_fails_its_procs_and_the_next_spawn_starts
     new_server = await again.spawn("i", Inspect).parent.call_one()
     assert new_server != server and new_server in _procs.fork_server_pids()
     await again.stop()
+
+
+def test_a_request_the_fork_server_refuses_fails_its_proc_at_once():
+    # A request without its four descriptors forks nothing: the proc waiting on it must end
+    # (its start then fails) rather than wait for a child that will never exist.
+    async def refused() -> int:
+        loop = asyncio.get_running_loop()
+        zygote = _procs._Zygote(loop, frozenset())
+        try:
+            process = zygote._by_id[99] = _procs._ForkedProcess(loop)
+            request = {"id": 99, "cwd": os.getcwd(), "set": {}, "unset": []}
+            zygote._control.sendmsg([json.dumps(request).encode()])  # no descriptors
+            return await asyncio.wait_for(process.wait(), 30)
+        finally:
+            loop.remove_reader(zygote._control.fileno())
+            zygote._control.close()  # the fork server sees its parent gone and exits
+            zygote._popen.wait(timeout=30)
+
+    assert asyncio.run(refused()) == 1
