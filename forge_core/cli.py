@@ -1,13 +1,10 @@
-"""The ``forge`` command: ``forge demo``, ``forge plugins``, ``forge bench``."""
+"""The ``forge`` command: ``forge plugins``, ``forge bench``, ``forge agent``, and the commands
+that installed layers add (``forge demo`` comes from the RL layer, ``forge_rl``)."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,26 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="a GRPO RL loop on Forge services: policy (vLLM), reward, buffer, trainer",
-        description="Runs a small GRPO-style RL loop on Forge services and shows that it learns: "
-                    "a policy service answers 'a+b=', a reward service scores the answers, a "
-                    "trainer learns from them and syncs its weights to every policy replica.")
-    demo.add_argument("--steps", type=int, default=50, help="RL steps (default 50)")
-    demo.add_argument("--replicas", type=int, default=2, help="policy replicas (default 2)")
-    demo.add_argument("--hidden-size", type=int, default=64, help="model width (default 64)")
-    demo.add_argument("--layers", type=int, default=2, help="model layers (default 2)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--generator", choices=["auto", "vllm", "torch"], default="auto",
-                      help="vLLM where installed (auto), or the plain torch generator")
-    demo.add_argument("--transport", "--weight-sync", dest="weight_sync", default="auto",
-                      help="weight-sync backend: auto, shm or tcp (default auto)")
-    demo.add_argument("--kill-replica-at", type=int, default=-1, metavar="STEP",
-                      help="kill -9 one policy replica before this step, to watch recovery")
-    demo.add_argument("--output", default="forge-demo-out", help="folder for the reward curve")
-    demo.add_argument("--walkthrough", action="store_true",
-                      help="run the Monarch walkthrough example instead")
-    demo.set_defaults(run=_demo)
+    for register in _command_plugins():
+        register(commands)  # e.g. `forge demo` and `forge grpo`, from the RL layer (forge_rl)
 
     listing = commands.add_parser("plugins", help="list installed plugins and their hooks")
     listing.set_defaults(run=_plugins)
@@ -74,24 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
-def _example(name: str) -> Path:
-    path = REPO / "examples" / name
-    if not path.exists():
-        sys.exit(f"forge: {path} not found; `forge demo` runs the examples of a source checkout "
-                 f"installed as the README says (pip install -e .)")
-    return path
+def _command_plugins() -> list:
+    """Subcommands that layers above the kernel add, found through the entry-point group
+    ``forge.commands``: each entry is a function that takes argparse's subparsers and adds its
+    own, with ``set_defaults(run=...)``. The kernel names none of them."""
+    from importlib.metadata import entry_points
 
-
-def _demo(args: argparse.Namespace) -> int:
-    if args.walkthrough:
-        return subprocess.call([sys.executable, str(_example("walkthrough.py"))])
-    import asyncio
-
-    from .demo.loop import DemoConfig, run
-
-    options = {k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__}
-    asyncio.run(run(DemoConfig(**options)))
-    return 0
+    return [ep.load() for ep in sorted(entry_points(group="forge.commands"), key=lambda e: e.name)]
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from forge_core.demo.grpo import Experience, Trainer, build_experiences, collate, group_advantages
-from forge_core.demo.learncheck import LearnConfig, run
-from forge_core.demo.model import (
+from forge_rl.demo.grpo import Experience, Trainer, build_experiences, collate, group_advantages
+from forge_rl.demo.learncheck import LearnConfig, run
+from forge_rl.demo.model import (
     LlamaForCausalLM,
     ModelConfig,
     build_model,
@@ -18,9 +18,9 @@ from forge_core.demo.model import (
     save_model_folder,
     write_safetensors,
 )
-from forge_core.demo.task import AdditionTask, expected_answer, is_correct, score
-from forge_core.demo.tokenizer import CharTokenizer
-from forge_core.demo.torch_generator import Completion, TorchGenerator
+from forge_rl.demo.task import AdditionTask, expected_answer, is_correct, score
+from forge_rl.demo.tokenizer import CharTokenizer
+from forge_rl.demo.torch_generator import Completion, TorchGenerator
 
 TOK = CharTokenizer()
 

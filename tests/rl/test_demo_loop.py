@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from forge_core.demo.loop import DemoConfig, run
+from forge_rl.demo.loop import DemoConfig, run
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 

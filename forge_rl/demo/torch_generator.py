@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forge_core.demo.model import LlamaForCausalLM, ModelConfig, build_model
-from forge_core.demo.tokenizer import CharTokenizer
+from forge_rl.demo.model import LlamaForCausalLM, ModelConfig, build_model
+from forge_rl.demo.tokenizer import CharTokenizer
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Single-process check that the demo's RL loop actually learns.
 
-    python -m forge_core.demo.learncheck [--seed 0] [--steps 50] [--generator torch|vllm]
+    python -m forge_rl.demo.learncheck [--seed 0] [--steps 50] [--generator torch|vllm]
 
 Each step: sample prompts -> generate G completions per prompt with the
 torch generator -> score -> group-relative advantages -> one GRPO update ->
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forge_core.demo.grpo import Trainer, build_experiences
-from forge_core.demo.model import ModelConfig, count_parameters
-from forge_core.demo.task import CHANCE_SUCCESS_RATE, AdditionTask
-from forge_core.demo.tokenizer import CharTokenizer
-from forge_core.demo.torch_generator import TorchGenerator
+from forge_rl.demo.grpo import Trainer, build_experiences
+from forge_rl.demo.model import ModelConfig, count_parameters
+from forge_rl.demo.task import CHANCE_SUCCESS_RATE, AdditionTask
+from forge_rl.demo.tokenizer import CharTokenizer
+from forge_rl.demo.torch_generator import TorchGenerator
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run(cfg: LearnConfig, log=print) -> LearnResult:
     task = AdditionTask(max_operand=cfg.max_operand, template=cfg.template)
     trainer = Trainer(model_cfg, init_seed=cfg.seed, lr=cfg.lr, pad_id=tokenizer.pad_id)
     if cfg.generator == "vllm":
-        from forge_core.demo.vllm_generator import VLLMGenerator
+        from forge_rl.demo.vllm_generator import VLLMGenerator
 
         generator = VLLMGenerator(model_cfg, seed=cfg.seed + 1, init_seed=cfg.seed, tokenizer=tokenizer)
     else:

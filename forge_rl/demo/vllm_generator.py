@@ -23,9 +23,9 @@ import tempfile
 
 import torch
 
-from forge_core.demo.model import ModelConfig, build_model, save_model_folder, save_safetensors
-from forge_core.demo.tokenizer import CharTokenizer
-from forge_core.demo.torch_generator import Completion
+from forge_rl.demo.model import ModelConfig, build_model, save_model_folder, save_safetensors
+from forge_rl.demo.tokenizer import CharTokenizer
+from forge_rl.demo.torch_generator import Completion
 
 
 class VLLMGenerator:

@@ -6,10 +6,10 @@
 import pytest
 import torch
 
-from forge_core.demo.model import ModelConfig, build_model
-from forge_core.demo.task import AdditionTask
-from forge_core.demo.tokenizer import CharTokenizer
-from forge_core.demo.torch_generator import TorchGenerator
+from forge_rl.demo.model import ModelConfig, build_model
+from forge_rl.demo.task import AdditionTask
+from forge_rl.demo.tokenizer import CharTokenizer
+from forge_rl.demo.torch_generator import TorchGenerator
 
 pytest.importorskip("vllm")
 pytest.importorskip("tokenizers")
@@ -21,7 +21,7 @@ CONFIG = ModelConfig(vocab_size=TOK.vocab_size)
 
 @pytest.mark.slow
 def test_vllm_matches_torch_before_and_after_weight_reload(tmp_path):
-    from forge_core.demo.vllm_generator import VLLMGenerator
+    from forge_rl.demo.vllm_generator import VLLMGenerator
 
     prompts = AdditionTask().all_prompts()[:40]
     vllm_gen = VLLMGenerator(CONFIG, seed=0, init_seed=0, folder=str(tmp_path / "model"))

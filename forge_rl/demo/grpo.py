@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forge_core.demo.model import LlamaForCausalLM, ModelConfig, build_model, log_probs_of
+from forge_rl.demo.model import LlamaForCausalLM, ModelConfig, build_model, log_probs_of
 
 
 @dataclass
