@@ -17,6 +17,11 @@ def demo_command(commands) -> None:
                     "a policy service answers 'a+b=', a reward service scores the answers, a "
                     "trainer learns from them and syncs its weights to every policy replica.")
     demo.add_argument("--steps", type=int, default=50, help="RL steps (default 50)")
+    demo.add_argument("--mode", choices=["async", "sync"], default="async",
+                      help="async (default): rollouts and training overlap; sync: lock-step")
+    demo.add_argument("--max-policy-age", type=int, default=1, metavar="N",
+                      help="async: train on samples at most N weight versions old (default 1; "
+                           "0 is exactly the sync loop)")
     demo.add_argument("--replicas", type=int, default=2, help="policy replicas (default 2)")
     demo.add_argument("--hidden-size", type=int, default=64, help="model width (default 64)")
     demo.add_argument("--layers", type=int, default=2, help="model layers (default 2)")
@@ -28,6 +33,8 @@ def demo_command(commands) -> None:
     demo.add_argument("--kill-replica-at", type=int, default=-1, metavar="STEP",
                       help="kill -9 one policy replica before this step, to watch recovery")
     demo.add_argument("--output", default="forge-demo-out", help="folder for the reward curve")
+    demo.add_argument("--json", metavar="FILE", help="write the run (per-step rewards, phases, "
+                                                     "samples/s, accuracy) as JSON here")
     demo.add_argument("--walkthrough", action="store_true",
                       help="run the Monarch walkthrough example instead")
     demo.set_defaults(run=_demo)

@@ -1,7 +1,7 @@
-"""The demo's actors: policy replicas, a reward service, a replay buffer and a trainer.
+"""The demo's actors: policy replicas, a reward service and a trainer.
 
 Each wraps the framework-free pieces of this package (``torch_generator``, ``vllm_generator``,
-``task``, ``grpo``) in a Forge actor, so that they run in processes of their own.
+``task``, ``grpo``) in a Forge actor, keeping the endpoint contracts of ``forge_rl.loop``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import time
 from typing import Any
 
 from forge_core import ForgeActor, endpoint
+from forge_core.weights import WeightPublisher, WeightsGate
+
+from forge_rl.types import Prompt
+from forge_rl.versions import load_latest
 
 
 def _one_thread() -> None:
@@ -25,23 +29,38 @@ def _one_thread() -> None:
 class Policy(ForgeActor):
     """Generates completions with vLLM (or the torch stand-in) and takes new weights in place.
 
-    Weight updates never mix with generation: the actor handles one message at a time (neither
-    endpoint is ``concurrent``), so an ``update_weights`` call waits for the generation in
-    progress, and the next generation sees the new weights only.
+    Generations overlap with weight loading safely: ``generate`` and ``update_weights`` are
+    concurrent endpoints, and the ``WeightsGate`` lets the generation that runs finish, holds
+    new ones back while the weights load, then resumes; no answer mixes two versions. The
+    engine runs one batch at a time (``_engine``), on a worker thread, so this process's event
+    loop keeps answering liveness probes and weight updates meanwhile.
     """
 
-    def __init__(self, model_config: Any, seed: int, generator: str):
+    def __init__(self, model_config: Any, seed: int, generator: str, registry: Any = None,
+                 nice: int = 0):
         self.model_config = model_config
+        self.nice = nice
         self.seed = seed
         self.generator_kind = generator
+        self.registry = registry
         self.generator: Any = None
-        self.version = 0
+        self.gate = WeightsGate(version=0)
+        self.busy_seconds = 0.0
+        self.first_versions: list[int] = []  # the versions of this replica's first answers
 
     async def setup(self) -> None:
+        if self.nice:
+            # Before any worker thread starts: Linux niceness is per thread, and inherited.
+            os.nice(self.nice)
         _one_thread()
-        # Building an engine and generating take seconds: they run on a worker thread so that
-        # this process's event loop keeps answering liveness probes meanwhile.
+        self._engine = asyncio.Lock()
         self.generator = await asyncio.to_thread(self._build_generator)
+        # The engine's first batch is slow (vLLM prepares its kernels): take that here, before
+        # the replica counts as up, rather than in the first step.
+        await asyncio.to_thread(self.generator.generate, ["0+0="], n=2, max_tokens=2, seed=0)
+        # A replica that starts mid-run (a restart) serves the newest weights from its first
+        # answer on.
+        await load_latest(self.registry, self.gate, self._load)
 
     def _build_generator(self) -> Any:
         if self.generator_kind == "vllm":
@@ -52,59 +71,59 @@ class Policy(ForgeActor):
 
         return TorchGenerator(self.model_config, seed=self.seed, init_seed=0)
 
-    @endpoint
-    async def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float
-                       ) -> tuple[int, list]:
+    def _load(self, tensors: dict) -> None:
+        # The tensors are views of the published snapshot (shared memory on one host): the
+        # generator copies them into its own weights, once.
+        self.generator.load_state_dict(tensors)
+
+    @endpoint(concurrent=True)
+    async def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float,
+                       seed: int | None = None) -> tuple[int, list]:
         """-> (the weights version that generated them, one group of n completions per prompt)"""
-        groups = await asyncio.to_thread(self.generator.generate, prompts, n=n,
-                                         max_tokens=max_tokens, temperature=temperature)
-        return self.version, groups
+        async with self._engine:
+            async with self.gate.generating() as version:
+                started = time.perf_counter()
+                groups = await asyncio.to_thread(self.generator.generate, prompts, n=n,
+                                                 max_tokens=max_tokens, temperature=temperature,
+                                                 seed=seed)
+                self.busy_seconds += time.perf_counter() - started
+        if len(self.first_versions) < 8:
+            self.first_versions.append(version)
+        return version, groups
+
+    @endpoint(concurrent=True)
+    async def update_weights(self, handle: Any) -> int:
+        await self.gate.update(handle, self._load)
+        return self.gate.version
 
     @endpoint
-    async def update_weights(self, handle: Any) -> int:
-        # The tensors handed to the loader are views of the published snapshot (shared memory
-        # on one host): the generator copies them into its own weights, once.
-        await handle.load_into(lambda tensors: self.generator.load_state_dict(
-            tensors, version=handle.version))
-        self.version = handle.version
-        return self.version
+    def busy(self) -> tuple[int, float]:
+        """(pid, seconds spent generating so far): for the loop's idle figure."""
+        return os.getpid(), self.busy_seconds
 
     @endpoint
     def pid(self) -> int:
         return os.getpid()
+
+    @endpoint
+    def answered_versions(self) -> tuple[int, list[int]]:
+        """(pid, the weights versions of this replica's first answers): shows that a replica
+        the service restarted served the newest weights from its first answer on."""
+        return os.getpid(), list(self.first_versions)
 
 
 class Reward(ForgeActor):
     """Scores completions of the arithmetic task (pure Python, CPU replicas)."""
 
     @endpoint
-    def score(self, groups: list[list[Any]]) -> tuple[list[list[float]], float]:
+    def score(self, prompts: list[Prompt], groups: list[list[Any]]
+              ) -> tuple[list[list[float]], float]:
         """-> (a reward per completion, the fraction exactly right)"""
         from .task import AdditionTask
 
         rewards = [[AdditionTask.score(c.prompt, c.text) for c in group] for group in groups]
         right = [AdditionTask.is_correct(c.prompt, c.text) for group in groups for c in group]
         return rewards, sum(right) / max(len(right), 1)
-
-
-class ReplayBuffer(ForgeActor):
-    """Holds experiences until the trainer takes them; drops ones from too-old policies."""
-
-    def __init__(self, max_staleness: int = 1):
-        self.items: list = []
-        self.max_staleness = max_staleness
-
-    @endpoint
-    def add(self, experiences: list) -> int:
-        self.items.extend(experiences)
-        return len(self.items)
-
-    @endpoint
-    def take(self, current_version: int) -> list:
-        fresh = [e for e in self.items
-                 if current_version - e.policy_version <= self.max_staleness]
-        self.items = []
-        return fresh
 
 
 class Trainer(ForgeActor):
@@ -118,8 +137,6 @@ class Trainer(ForgeActor):
 
     async def setup(self) -> None:
         _one_thread()
-        from forge_core.weights import WeightPublisher
-
         from .grpo import Trainer as GRPOTrainer
 
         self.trainer = GRPOTrainer(self.model_config, init_seed=0, lr=self.lr,
@@ -130,9 +147,8 @@ class Trainer(ForgeActor):
     @endpoint
     def train_step(self, batch: list) -> dict:
         start = time.perf_counter()
-        stats = self.trainer.step(batch) if batch else {"loss": 0.0, "num_samples": 0}
+        stats = self.trainer.step(batch)
         stats["seconds"] = time.perf_counter() - start
-        stats["version"] = self.trainer.version
         return stats
 
     @endpoint

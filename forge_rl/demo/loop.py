@@ -1,38 +1,47 @@
-"""``forge demo``: a GRPO-style RL loop on Forge services, the example to copy.
+"""``forge demo``: GRPO on Forge services, on the RL layer (``forge_rl``): the example to copy.
 
 A policy service (vLLM, or a torch stand-in) answers "a+b=" prompts; a reward service scores
 the answers; a replay buffer and a trainer actor learn from them; after every step the trainer
-publishes its weights once and every policy replica loads them. The loop below is the whole
-orchestration: plain async Python over ``route()``, ``fanout()`` and sessions.
+publishes its weights once and every policy replica loads them. ``--mode async`` (the default)
+runs rollouts and training at the same time, every sample at most ``--max-policy-age``
+versions behind the trainer; ``--mode sync`` is the lock-step loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .actors import Policy, ReplayBuffer, Reward, Trainer
-from .grpo import build_experiences
+from forge_core.actor import this_proc
+
+from forge_rl.buffer import ReplayBuffer
+from forge_rl.loop import LoopConfig, RunResult, Services, StepRecord, run_loop
+from forge_rl.versions import LatestWeights
+
+from .actors import Policy, Reward, Trainer
 from .model import ModelConfig
 from .task import CHANCE_SUCCESS_RATE, AdditionTask
 from .tokenizer import CharTokenizer
 
-
 # vLLM on the CPU pins its threads to cores by default; the demo's processes share two cores,
 # so each engine gets one thread and the OS places it.
 POLICY_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
+# When rollouts and training share the cores, the trainer is the critical path: the policy
+# replicas run at a lower priority and take whatever CPU it leaves.
+POLICY_NICE = 10
 
 
 @dataclass
 class DemoConfig:
     steps: int = 50
+    mode: str = "async"  # or "sync"
+    max_policy_age: int = 1  # async: samples at most this many weight versions behind
     replicas: int = 2  # policy replicas
     prompts_per_step: int = 64
     group_size: int = 16  # completions per prompt (GRPO's group)
@@ -44,14 +53,17 @@ class DemoConfig:
     weight_sync: str = "auto"  # weight-sync backend: auto, shm, tcp
     kill_replica_at: int = -1  # kill -9 one policy replica before this step (-1: never)
     output: str = "forge-demo-out"
+    json: str | None = None  # write the run as JSON here
 
-
-@dataclass
-class StepRecord:
-    step: int
-    reward: float
-    success: float
-    seconds: dict[str, float] = field(default_factory=dict)  # generate, reward, train, sync
+    def loop_config(self) -> LoopConfig:
+        chunks = self.replicas * 2  # two chunks in flight per replica keep every engine busy
+        if self.prompts_per_step % chunks:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple "
+                             f"of 2 x replicas ({chunks})")
+        return LoopConfig(mode=self.mode, steps=self.steps, chunks_per_step=chunks,
+                          group_size=self.group_size, max_tokens=2, temperature=1.0,
+                          max_policy_age=self.max_policy_age, rollout_loops=chunks,
+                          seed=self.seed)
 
 
 def model_config(cfg: DemoConfig) -> ModelConfig:
@@ -77,92 +89,107 @@ def choose_generator(wanted: str) -> str:
     return "torch"
 
 
-async def run(cfg: DemoConfig, log=print) -> list[StepRecord]:
+class ReplicaKiller:
+    """``--kill-replica-at``: kill -9 a policy replica before a step, then report when the
+    service has replaced it."""
+
+    def __init__(self, policy, at_step: int, log):
+        self.policy, self.at_step, self.log = policy, at_step, log
+        self.killed_at: float | None = None
+        self.before: set[int] = set()
+        self.recovery = "no replica was killed"
+
+    async def before_step(self, step: int) -> None:
+        if step == self.at_step:
+            self.before = set(await self.policy.pid.fanout())
+            victim = min(self.before)
+            os.kill(victim, signal.SIGKILL)
+            self.killed_at = time.perf_counter()
+            self.log(f"step {step + 1}: killed policy replica pid {victim} (kill -9) while "
+                     f"the trainer is at weights version {step}")
+        elif self.killed_at is not None and all_healthy_again(self.policy.metrics()):
+            answers = await self.policy.answered_versions.fanout(return_exceptions=True)
+            first = [versions[0] for pid, versions in
+                     (a for a in answers if not isinstance(a, BaseException))
+                     if pid not in self.before and versions]
+            if not first:
+                return  # up, but it has not answered yet: look again before the next step
+            self.recovery = (f"a killed replica was replaced and serving again within "
+                             f"{time.perf_counter() - self.killed_at:.1f} s (killed at version "
+                             f"{self.at_step}); its replacement's first answer came from "
+                             f"weights version {first[0]}; no call was lost")
+            self.log(f"step {step + 1}: {self.recovery}")
+            self.killed_at = None
+
+    def finish(self) -> str:
+        if self.killed_at is not None:
+            self.recovery = "a killed replica was not back by the end of the run"
+        return self.recovery
+
+
+async def run(cfg: DemoConfig, log=print) -> RunResult:
+    loop_config = cfg.loop_config()
     generator = choose_generator(cfg.generator)
-    config = model_config(cfg)
     task = AdditionTask()
-    rng = random.Random(cfg.seed)
-    log(f"forge demo: {cfg.replicas} policy replicas ({generator}), reward service, replay "
-        f"buffer, trainer; weight sync over {cfg.weight_sync}")
+    age = f", policy age <= {cfg.max_policy_age}" if cfg.mode == "async" else ""
+    log(f"forge demo ({cfg.mode}{age}): {cfg.replicas} policy replicas ({generator}), reward "
+        f"service, replay buffer, trainer; weight sync over {cfg.weight_sync}")
 
     started = time.perf_counter()
-    policy, reward, trainer, buffer = await asyncio.gather(
-        Policy.options(num_replicas=cfg.replicas, router="least_loaded", probe_timeout=60,
-                       env=POLICY_ENV).as_service(config, cfg.seed + 1, generator),
-        Reward.options(num_replicas=1).as_service(),
-        Trainer.options(procs=1).as_actor(config, cfg.seed, cfg.lr, cfg.weight_sync),
-        ReplayBuffer.as_actor())
+    services = await start_services(cfg, generator)
+    policy, reward = services.policy, services.reward
     log(f"services up in {time.perf_counter() - started:.1f} s")
 
-    records: list[StepRecord] = []
-    version = 0
-    killed_at: float | None = None
-    recovery = "no replica was killed"
-    for step in range(cfg.steps):
-        if step == cfg.kill_replica_at:
-            victim = (await policy.pid.fanout())[0]
-            os.kill(victim, signal.SIGKILL)
-            killed_at = time.perf_counter()
-            log(f"step {step}: killed policy replica pid {victim} (kill -9)")
-        elif killed_at is not None and all_healthy_again(policy.metrics()):
-            recovery = (f"a killed replica was replaced and serving again within "
-                        f"{time.perf_counter() - killed_at:.1f} s; no call was lost")
-            log(f"step {step}: {recovery}")
-            killed_at = None
-        times: dict[str, float] = {}
-
-        # 1. Generate: split the prompts over the replicas; each chunk is routed to one.
-        t = time.perf_counter()
-        prompts = task.sample_prompts(rng, cfg.prompts_per_step)
-        chunks = [prompts[i::cfg.replicas * 2] for i in range(cfg.replicas * 2)]
-        outputs = await asyncio.gather(*(
-            policy.generate.route(chunk, cfg.group_size, 2, 1.0) for chunk in chunks if chunk))
-        times["generate"] = time.perf_counter() - t
-
-        # 2. Score every group on the reward service.
-        t = time.perf_counter()
-        scored = await asyncio.gather(*(reward.score.route(groups) for _, groups in outputs))
-        times["reward"] = time.perf_counter() - t
-
-        # 3. Learn from the groups with any signal (GRPO: advantages within each group).
-        t = time.perf_counter()
-        for (made_by, groups), (rewards, _) in zip(outputs, scored):
-            await buffer.add.call_one(build_experiences(groups, rewards, made_by))
-        stats = await trainer.train_step.call_one(await buffer.take.call_one(version))
-        times["train"] = time.perf_counter() - t
-
-        # 4. Publish the new weights once; every replica loads them.
-        t = time.perf_counter()
-        handle = await trainer.push_weights.call_one()
-        await policy.update_weights.fanout(handle)
-        version = stats["version"]
-        times["sync"] = time.perf_counter() - t
-
-        mean_reward = statistics.fmean(r for rewards, _ in scored for g in rewards for r in g)
-        success = statistics.fmean(s for _, s in scored)
-        records.append(StepRecord(step, mean_reward, success, times))
-        log(progress_line(step, cfg.steps, records[-1]))
-
-    # A last look, greedy, on one replica: a session keeps every call on the same one.
-    async with policy.session():
-        _, greedy = await policy.generate.route(task.all_prompts(), 1, 2, 0.0)
-    _, final_success = await reward.score.route(greedy)
-    log(f"greedy accuracy on all {len(greedy)} sums: {final_success:.0%} "
-        f"(chance {CHANCE_SUCCESS_RATE:.0%})")
-    if killed_at is not None:
-        recovery = "a killed replica was not back by the end of the run"
-    await asyncio.gather(policy.shutdown(), reward.shutdown(), Trainer.shutdown(trainer),
-                         ReplayBuffer.shutdown(buffer))
-    report(cfg, records, recovery, log)
-    return records
+    killer = ReplicaKiller(policy, cfg.kill_replica_at, log)
+    try:
+        result = await run_loop(
+            loop_config, services,
+            task.prompt_source(cfg.seed, cfg.prompts_per_step // loop_config.chunks_per_step),
+            log=log, before_step=killer.before_step,
+            on_step=lambda record: log(progress_line(record, cfg.steps)))
+        result.recovery = killer.finish()
+        # A last look, greedy, on one replica: a session keeps every call on the same one.
+        async with policy.session():
+            _, greedy = await policy.generate.route(task.all_prompts(), 1, 2, 0.0, 0)
+        _, result.greedy_accuracy = await reward.score.route([], greedy)
+        log(f"greedy accuracy on all {len(greedy)} sums: {result.greedy_accuracy:.0%} "
+            f"(chance {CHANCE_SUCCESS_RATE:.0%})")
+    finally:
+        await stop_services(services)
+    report(cfg, result, log)
+    return result
 
 
-def progress_line(step: int, total: int, record: StepRecord, width: int = 20) -> str:
-    done = int(width * (step + 1) / total)
+async def start_services(cfg: DemoConfig, generator: str, policy_class: type = Policy
+                         ) -> Services:
+    """The policy and reward services, the trainer, the replay buffer, and the record of the
+    latest weights (in this process) that restarted replicas load from."""
+    config = model_config(cfg)
+    registry = this_proc().spawn("latest_weights", LatestWeights)
+    policy, reward, trainer, buffer = await asyncio.gather(
+        policy_class.options(num_replicas=cfg.replicas, router="least_loaded", probe_timeout=60,
+                             env=POLICY_ENV).as_service(config, cfg.seed + 1, generator,
+                                                        registry, POLICY_NICE),
+        Reward.options(num_replicas=1).as_service(),
+        Trainer.options(procs=1).as_actor(config, cfg.seed, cfg.lr, cfg.weight_sync),
+        ReplayBuffer.as_actor(max_policy_age=cfg.max_policy_age))
+    return Services(policy, reward, trainer, buffer, registry)
+
+
+async def stop_services(services: Services) -> None:
+    await asyncio.gather(services.policy.shutdown(), services.reward.shutdown(),
+                         Trainer.shutdown(services.trainer),
+                         ReplayBuffer.shutdown(services.buffer), return_exceptions=True)
+
+
+def progress_line(record: StepRecord, total: int, width: int = 20) -> str:
+    done = int(width * (record.step + 1) / total)
     bar = "#" * done + "." * (width - done)
     parts = " ".join(f"{k} {v:4.2f}s" for k, v in record.seconds.items())
-    return (f"[{bar}] step {step + 1:3d}/{total}  reward {record.reward:.3f}  "
-            f"success {record.success:.3f}  step {sum(record.seconds.values()):4.2f}s  ({parts})")
+    age = f"  age {record.policy_age_max}"
+    return (f"[{bar}] step {record.step + 1:3d}/{total}  reward {record.reward:.3f}  "
+            f"success {record.success:.3f}  step {sum(record.seconds.values()):4.2f}s{age}  "
+            f"({parts})")
 
 
 def all_healthy_again(metrics) -> bool:
@@ -171,24 +198,31 @@ def all_healthy_again(metrics) -> bool:
             and any(r.generation > 1 for r in metrics))
 
 
-def report(cfg: DemoConfig, records: list[StepRecord], recovery: str, log=print) -> None:
+def report(cfg: DemoConfig, result: RunResult, log=print) -> None:
+    records = result.steps
     rewards = [r.reward for r in records]
     window = min(10, len(records))
     first, last = statistics.fmean(rewards[:window]), statistics.fmean(rewards[-window:])
     log("")
     log(f"{'phase':<10}{'median s':>10}{'total s':>10}")
-    for phase in ("generate", "reward", "train", "sync"):
+    for phase in records[0].seconds:
         values = [r.seconds.get(phase, 0.0) for r in records]
         log(f"{phase:<10}{statistics.median(values):>10.3f}{sum(values):>10.1f}")
+    log(f"{result.mode}: {result.samples_per_s:.0f} samples/s over {result.seconds:.1f} s; "
+        f"trainer idle {result.trainer_idle:.0%}, policy idle {result.policy_idle:.0%}; "
+        f"{result.dropped_stale} stale groups dropped, {result.rollout_failures} rollouts failed")
     log(f"reward: first {window} steps {first:.3f}, last {window} steps {last:.3f} "
         f"(x{last / max(first, 1e-9):.1f}); success last {window}: "
-        f"{statistics.fmean(r.success for r in records[-window:]):.3f}; {recovery}")
-    path = plot(records, Path(cfg.output))
+        f"{statistics.fmean(r.success for r in records[-window:]):.3f}; {result.recovery}")
+    path = plot(records, Path(cfg.output), cfg.mode)
     if path:
         log(f"reward curve: {path}")
+    if cfg.json:
+        result.write_json(cfg.json)
+        log(f"run as JSON: {Path(cfg.json).resolve()}")
 
 
-def plot(records: list[StepRecord], folder: Path) -> Path | None:
+def plot(records: list[StepRecord], folder: Path, mode: str) -> Path | None:
     try:
         import matplotlib
 
@@ -205,7 +239,7 @@ def plot(records: list[StepRecord], folder: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
-    ax.set_title("forge demo: GRPO on a+b=")
+    ax.set_title(f"forge demo ({mode}): GRPO on a+b=")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -72,6 +72,17 @@ class AdditionTask:
             for _ in range(count)
         ]
 
+    def prompt_source(self, seed: int, per_chunk: int):
+        """The RL loop's prompt source: chunk ``i`` -> ``per_chunk`` prompts drawn from a
+        generator seeded by (``seed``, ``i``) alone, so a chunk is the same in every run."""
+        from forge_rl.types import Prompt
+
+        def prompts(index: int) -> list[Prompt]:
+            rng = random.Random(f"{seed}:prompts:{index}")
+            return [Prompt(text) for text in self.sample_prompts(rng, per_chunk)]
+
+        return prompts
+
     @staticmethod
     def score(prompt: str, completion: str) -> float:
         return score(prompt, completion)

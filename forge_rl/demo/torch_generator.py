@@ -6,31 +6,11 @@ of ~5 tokens and answers of ~2 tokens that costs less than cache bookkeeping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from forge_rl.demo.model import LlamaForCausalLM, ModelConfig, build_model
 from forge_rl.demo.tokenizer import CharTokenizer
-
-
-@dataclass
-class Completion:
-    """One sampled completion: plain data, so it pickles across processes.
-
-    token_ids include the EOS token when the model emitted one; text is every
-    generated token but that final EOS, other special tokens spelled out (as
-    vLLM does with skip_special_tokens=False), so "3<pad>" never passes as "3". logprobs[i] is the log-probability of
-    token_ids[i] under the model's own (temperature 1) distribution, the same
-    convention as vLLM's default sampled-token logprobs.
-    """
-
-    prompt: str
-    prompt_ids: list[int]
-    text: str
-    token_ids: list[int]
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: str = "length"  # "stop" when EOS was emitted
+from forge_rl.types import Completion
 
 
 class TorchGenerator:
@@ -55,11 +35,14 @@ class TorchGenerator:
         self.weights_version = self.weights_version + 1 if version is None else version
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 1, max_tokens: int = 4, temperature: float = 1.0) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], n: int = 1, max_tokens: int = 4, temperature: float = 1.0,
+                 seed: int | None = None) -> list[list[Completion]]:
         """Samples `n` completions per prompt; returns one list of `n` per prompt.
 
-        temperature 0 means greedy decoding.
+        temperature 0 means greedy decoding. A `seed` makes this call's sampling depend on it
+        alone (not on the calls before it), as vLLM's per-request seed does.
         """
+        rng = self.rng if seed is None else torch.Generator().manual_seed(seed)
         tok = self.tokenizer
         prompt_ids = [tok.encode(p) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(n)]
@@ -83,7 +66,7 @@ class TorchGenerator:
                 next_token = logits.argmax(-1)
             else:
                 probs = torch.softmax(logits / temperature, dim=-1)
-                next_token = torch.multinomial(probs, 1, generator=self.rng).squeeze(-1)
+                next_token = torch.multinomial(probs, 1, generator=rng).squeeze(-1)
             next_token = torch.where(finished, torch.full_like(next_token, tok.pad_id), next_token)
             sampled.append(next_token)
             sampled_logprobs.append(logprobs.gather(-1, next_token[:, None]).squeeze(-1))

@@ -25,7 +25,7 @@ import torch
 
 from forge_rl.demo.model import ModelConfig, build_model, save_model_folder, save_safetensors
 from forge_rl.demo.tokenizer import CharTokenizer
-from forge_rl.demo.torch_generator import Completion
+from forge_rl.types import Completion
 
 
 class VLLMGenerator:
@@ -81,7 +81,8 @@ class VLLMGenerator:
         self.llm.reset_prefix_cache()
         self.weights_version = self.weights_version + 1 if version is None else version
 
-    def generate(self, prompts: list[str], n: int = 1, max_tokens: int = 4, temperature: float = 1.0) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], n: int = 1, max_tokens: int = 4, temperature: float = 1.0,
+                 seed: int | None = None) -> list[list[Completion]]:
         """`n` completions per prompt, grouped per prompt, as `TorchGenerator.generate`.
 
         Prompts go in as token ids from our own tokenizer (BOS included), and
@@ -99,6 +100,7 @@ class VLLMGenerator:
             logprobs=0,  # just the sampled token's logprob
             stop_token_ids=[tok.eos_id],
             detokenize=False,
+            seed=seed,  # per request: the same samples whichever replica serves it
         )
         prompt_ids = [tok.encode(p) for p in prompts]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
