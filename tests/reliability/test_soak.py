@@ -2,7 +2,8 @@
 in and out of sessions) with a replica killed every few seconds. No call may fail, and nothing
 may pile up: child processes, file descriptors, threads. The p99 latency is printed.
 
-``FORGE_SOAK_SECONDS`` sets the length (300 by default, as in CI; 30 is enough to try it).
+``FORGE_SOAK_SECONDS`` sets the length: 120 by default, as in CI, so that the suite keeps room
+for the RL tests; the README's figures are from a 300-second run; 30 is enough to try it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import chaos
 from rel_actors import Replica
 
-SOAK_SECONDS = float(os.environ.get("FORGE_SOAK_SECONDS", "300"))
+SOAK_SECONDS = float(os.environ.get("FORGE_SOAK_SECONDS", "120"))
 KILL_EVERY = (5.0, 15.0)
 IN_FLIGHT = 16
 SESSIONS = 7

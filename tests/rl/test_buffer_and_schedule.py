@@ -94,3 +94,17 @@ async def test_a_schedule_whose_rollouts_all_fail_ends_the_wait_with_the_error()
     with pytest.raises(RolloutsFailing, match="last 3 rollouts all failed.*broken"):
         await asyncio.wait_for(schedule.wait_step(0), 1)
     assert await schedule.next_chunk() is None
+
+
+def test_the_rl_layer_uses_only_the_kernels_public_api():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    private = re.compile(r"^\s*(from|import)\s+forge_core(\.\w+)*\._\w+", re.M)
+    offenders = [str(p.relative_to(root)) for p in (root / "forge_rl").rglob("*.py")
+                 if private.search(p.read_text())]
+    assert offenders == []
+    kernel_uses_rl = [str(p.relative_to(root)) for p in (root / "forge_core").rglob("*.py")
+                      if re.search(r"^\s*(from|import)\s+forge_rl", p.read_text(), re.M)]
+    assert kernel_uses_rl == []
