@@ -9,7 +9,8 @@ figures are medians over repeats, beside their min..max:
 
 - samples/s: scored completions that reached the trainer, over the loop's wall time (service
   start-up excluded: it is the same in both modes);
-- time to reward 0.8: loop seconds until the mean reward of the last 5 steps first reached 0.8;
+- time to reward 0.7 and 0.8: loop seconds until the mean reward of the last 5 steps first
+  reached it ("never" when the run ended first; 0.7 is the demo's learning bar);
 - trainer idle: the fraction of the loop's time the trainer spent neither training nor
   publishing weights; policy idle: the fraction of replica-time not spent generating;
 - last-10 reward and greedy accuracy: that the asynchronous run learns as well.
@@ -40,6 +41,7 @@ def figures(result) -> dict:
     return {
         "samples_per_s": result.samples_per_s,
         "seconds": result.seconds,
+        "seconds_to_reward_0.7": result.seconds_to_reward(0.7),
         "seconds_to_reward_0.8": result.seconds_to_reward(0.8),
         "trainer_idle": result.trainer_idle,
         "policy_idle": result.policy_idle,
@@ -69,7 +71,8 @@ async def bench(args) -> dict:
 
 def table(runs: dict[str, list[dict]]) -> list[str]:
     rows = [f"{'figure':<24}{'sync':>26}{'async':>26}{'async/sync':>12}"]
-    for key, label in (("samples_per_s", "samples/s"), ("seconds_to_reward_0.8", "s to reward 0.8"),
+    for key, label in (("samples_per_s", "samples/s"), ("seconds_to_reward_0.7", "s to reward 0.7"),
+                       ("seconds_to_reward_0.8", "s to reward 0.8"),
                        ("trainer_idle", "trainer idle"), ("policy_idle", "policy idle"),
                        ("last10_reward", "last-10 reward"), ("greedy_accuracy", "greedy accuracy"),
                        ("seconds", "loop seconds")):
