@@ -16,6 +16,7 @@ import pickle
 from collections import deque
 from typing import Any, Callable
 
+from . import _counters
 from . import _messages as m
 from . import _wire
 from ._endpoint import endpoints_of
@@ -35,6 +36,7 @@ _current_point: contextvars.ContextVar[Point | None] = contextvars.ContextVar(
 _get_point = _current_point.get
 _NO_KWARGS: dict = {}  # shared: calls only ever unpack it (f(**kwargs) copies)
 _REPLY_OK = m.REPLY_OK
+_now = _counters._now
 
 
 def current_point() -> Point | None:
@@ -53,6 +55,16 @@ class ActorHost:
         self._by_wire_name = {spec.wire_name: spec for spec in self._endpoints.values()}
         self._queue: deque = deque()
         self._busy = False
+        # What the introspection thread reads (see _counters): per endpoint counts, the sync
+        # call running now as (endpoint, perf_counter at start), the async ones by task.
+        self.stats = {name: _counters.EndpointStats() for name in self._endpoints}
+        self.running_sync: tuple[str, float] | None = None
+        self.running_async: dict[int, tuple[str, float, asyncio.Task]] = {}
+        self.counting = _counters.counting()  # FORGE_METRICS=0 turns counting off (benchmarks)
+
+    def queued(self) -> list[str]:
+        """The endpoints of the calls waiting for this actor, oldest first."""
+        return [message[0].name for message in list(self._queue)]
 
     def deliver(self, request_id: int, meta: bytes, offset: int, buffers: list,
                 reply: Reply | None, track: Callable[[asyncio.Task], None] | None = None) -> None:
@@ -107,16 +119,31 @@ class ActorHost:
         # an actor sets it first: here, _start_async and construct; only actor code reads it.
         if _get_point() is not self.point:
             _current_point.set(self.point)
+        counting = self.counting
+        if counting:
+            stats = self.stats[spec.name]
+            started = _now()
+            self.running_sync = (spec.name, started)
+            stats.in_flight += 1
         try:
             result = getattr(self.instance, spec.name)(*args, **kwargs)
         except Exception as exc:
+            if counting:
+                self._sync_done(stats, started, True)
             self._answer_error(spec, request_id, reply, exc)
             return
+        if counting:
+            self._sync_done(stats, started, False)
         if reply is not None:
             if result is None:
                 reply(_REPLY_OK, request_id, b"", [])  # an empty reply is None
             else:
                 self._answer(spec, request_id, reply, result)
+
+    def _sync_done(self, stats: _counters.EndpointStats, started: float, failed: bool) -> None:
+        self.running_sync = None
+        stats.in_flight -= 1
+        stats.finished(started, failed)
 
     def _run_queued(self) -> None:
         """After an async call: run what waited, inline, until one needs a task again."""
@@ -143,13 +170,24 @@ class ActorHost:
 
     async def _run_async(self, message: tuple, concurrent: bool) -> None:
         spec, request_id, args, kwargs, reply, _ = message
+        stats = self.stats[spec.name]
+        started = _now()
+        task = asyncio.current_task()
+        key = id(task)
+        self.running_async[key] = (spec.name, started, task)
+        stats.in_flight += 1
+        failed = False
         try:
             result = await getattr(self.instance, spec.name)(*args, **kwargs)
         except Exception as exc:
+            failed = True
             self._answer_error(spec, request_id, reply, exc)
         else:
             self._answer(spec, request_id, reply, result)
         finally:
+            del self.running_async[key]
+            stats.in_flight -= 1
+            stats.finished(started, failed)
             if not concurrent:
                 self._busy = False
                 self._run_queued()
@@ -170,6 +208,7 @@ class ActorHost:
 
     def _answer_error(self, spec, request_id: int, reply: Reply | None, exc: Exception) -> None:
         where = f"{self.class_name}.{spec.name} (rank {self.point.rank})"
+        _counters.note_error(self.actor_id, spec.name, self.point.rank, exc)
         if reply is None:
             log.error("%s raised in a broadcast (nobody waits for its result)", where,
                       exc_info=exc)

@@ -38,6 +38,9 @@ def _bind_cores() -> None:
 def main() -> None:
     _die_with_parent()
     _bind_cores()
+    # stdout is a pipe to the client: without this a print waits in a buffer for kilobytes
+    # more, and is lost if the proc is killed.
+    sys.stdout.reconfigure(line_buffering=True)
     sys.path[:] = json.loads(os.environ.pop("FORGE_SYS_PATH", "[]")) or sys.path
     lifeline = int(os.environ.pop("FORGE_LIFELINE_FD"))
     hello = int(os.environ.pop("FORGE_HELLO_FD"))
@@ -51,6 +54,9 @@ def main() -> None:
     runtime = Runtime(loop)
     Runtime._instance = runtime
     loop.run_until_complete(runtime.start())
+    from forge_core import _introspect
+
+    _introspect.start(runtime)
 
     def on_lifeline() -> None:
         try:

@@ -66,6 +66,7 @@ class ProcMesh:
         self._transport = transport
         self._stopped = False
         self._remote_stop: Any = None  # set for meshes whose processes host agents started
+        self.name = "procs"  # what its procs' log lines and metrics are labelled with
 
     # -- shape --------------------------------------------------------------------------------
     @property
@@ -236,7 +237,8 @@ def _future_of(source: concurrent.futures.Future, convert) -> Future:
 def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] | None = None,
                 transport: str | None = None, gpus_per_proc: int | None = None,
                 cpus_per_proc: int = 0, numa: bool = False, strict: bool | None = None,
-                name: str | None = None, allocator: str | None = None) -> ProcMesh:
+                name: str | None = None, allocator: str | None = None,
+                logs: str = "stream", log_file: str | None = None) -> ProcMesh:
     """Start one OS process per point of ``per_host`` on this host, e.g. ``{"gpus": 8}``.
 
     Returns at once; the processes start in parallel in the background. A ``"gpus"`` dimension
@@ -244,8 +246,13 @@ def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] |
     allocator plugin before the process starts; on a host without GPUs they start as CPU
     processes with a warning, or fail if ``strict``. ``cpus_per_proc`` or ``numa`` bind each
     process to its own cores. ``env`` is added to every process's environment; ``transport``
-    forces a transport by name for this mesh.
+    forces a transport by name for this mesh. Every line the processes print reaches this
+    process prefixed with ``[name rank]``; ``logs`` sends it to this process's output
+    (``"stream"``), to ``log_file`` (``"file"``) or both.
     """
+    from . import _logs
+
+    _logs.check_options(logs, log_file)
     sizes = check_sizes(per_host if per_host is not None else {"procs": 1})
     runtime = Runtime.get()
     count = nelement(sizes)
@@ -255,14 +262,18 @@ def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] |
         cpus_per_proc=cpus_per_proc, numa=numa,
         strict=allocation.strict_default() if strict is None else strict)
     envs, release = allocation.plan_mesh(request, allocator_name=allocator)  # raises at once
-    for child_env in envs:
+    label = name or "procs"
+    for rank, child_env in enumerate(envs):
         child_env.update(env or {})
+        child_env.update({"FORGE_MESH": label, "FORGE_MESH_RANK": str(rank)})
     procs: concurrent.futures.Future = concurrent.futures.Future()
     mesh = ProcMesh(sizes, procs, list(range(count)), owner=True, transport=transport)
+    mesh.name = label
+    mesh_log = _logs.MeshLog(label, logs, log_file)
 
     def start() -> None:
         try:
-            mesh._children[:] = launch(runtime, envs)
+            mesh._children[:] = launch(runtime, envs, mesh_log)
         except BaseException as exc:
             release()
             procs.set_exception(exc)
@@ -287,6 +298,9 @@ def spawn_procs(per_host: dict[str, int] | None = None, *, env: dict[str, str] |
 
     runtime.home_loop.call_soon_threadsafe(start)
     _live_meshes.add(mesh)
+    from .observe import watch
+
+    watch.client_started()  # the metrics port and the slow-call watch, if configured
     return mesh
 
 

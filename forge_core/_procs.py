@@ -28,19 +28,21 @@ import subprocess
 import sys
 from typing import Any
 
-from . import plugins
+from . import _logs, plugins
 from .errors import SupervisionError
 from .transport import ProcInfo
 
 log = logging.getLogger("forge.procs")
 
 STOP_TIMEOUT = 5.0
+PIPE_DRAIN_TIMEOUT = 1.0
 
 
 class ChildProc:
     """One spawned OS process, as its parent sees it."""
 
-    def __init__(self, runtime: Any, rank: int, env: dict[str, str]):
+    def __init__(self, runtime: Any, rank: int, env: dict[str, str],
+                 mesh_log: "_logs.MeshLog | None" = None):
         self.runtime = runtime
         self.rank = rank
         loop = runtime.home_loop
@@ -49,6 +51,9 @@ class ChildProc:
         self.info: ProcInfo | None = None
         lifeline_read, self._lifeline = os.pipe()
         self._hello, hello_write = os.pipe()
+        # Its stdout and stderr are pipes we read: each line reaches us named (see _logs).
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
         full_env = dict(os.environ)
         full_env.update({
             "FORGE_SECRET": runtime.secret.hex(),
@@ -58,10 +63,18 @@ class ChildProc:
         })
         full_env.update(env)
         try:
-            self._process = _start(loop, full_env, lifeline_read, hello_write)
+            self._process = _start(loop, full_env, lifeline_read, hello_write,
+                                   out_write, err_write)
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
         finally:
-            os.close(lifeline_read)
-            os.close(hello_write)
+            for fd in (lifeline_read, hello_write, out_write, err_write):
+                os.close(fd)
+        mesh_log = mesh_log or _logs.MeshLog("procs")
+        self._pipes = [_logs.PipeReader(loop, out_read, mesh_log, rank, 1),
+                       _logs.PipeReader(loop, err_read, mesh_log, rank, 2)]
         self._received = b""
         loop.add_reader(self._hello, self._on_hello_readable)
 
@@ -97,6 +110,10 @@ class ChildProc:
 
     async def _reap(self) -> None:
         code = await self._process.wait()
+        # Its last lines: read them to the end before anyone hears that it exited (a process
+        # it started may hold the pipes open, hence the time limit).
+        await asyncio.wait([p.closed for p in self._pipes], timeout=PIPE_DRAIN_TIMEOUT)
+        _logs.folder.flush_through()
         if not self.ready.done():
             self.ready.set_exception(SupervisionError(
                 f"proc rank {self.rank} (pid {self.pid}) exited with code {code} before it "
@@ -121,9 +138,10 @@ class ChildProc:
             self._lifeline = -1
 
 
-def launch(runtime: Any, envs: list[dict[str, str]]) -> list[ChildProc]:
+def launch(runtime: Any, envs: list[dict[str, str]],
+           mesh_log: "_logs.MeshLog | None" = None) -> list[ChildProc]:
     """Start one child per environment, all at once (on the home loop)."""
-    return [ChildProc(runtime, rank, env) for rank, env in enumerate(envs)]
+    return [ChildProc(runtime, rank, env, mesh_log) for rank, env in enumerate(envs)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,17 +153,18 @@ ZYGOTE_ENV = "FORGE_ZYGOTE"  # "0": start every proc as a fresh interpreter
 _INTERPRETER_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_TUNABLES")
 
 
-def _start(loop: asyncio.AbstractEventLoop, env: dict[str, str], lifeline: int, hello: int):
+def _start(loop: asyncio.AbstractEventLoop, env: dict[str, str], lifeline: int, hello: int,
+           stdout: int, stderr: int):
     env = {**env, "FORGE_LIFELINE_FD": str(lifeline), "FORGE_HELLO_FD": str(hello)}
     zygote = _zygote_for(loop, env)
     if zygote is not None:
         try:
-            return zygote.spawn(env, lifeline, hello)
+            return zygote.spawn(env, lifeline, hello, stdout, stderr)
         except OSError as exc:  # e.g. the zygote just died: start this one directly
             log.debug("fork server unavailable (%r); starting the proc directly", exc)
     return _DirectProcess(subprocess.Popen(
         [sys.executable, "-m", "forge_core._bootstrap"], env=env, pass_fds=(lifeline, hello),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
         start_new_session=True))  # a Ctrl-C in the terminal is the parent's to handle
 
 
@@ -229,14 +248,13 @@ class _Zygote:
         self._received = b""
         loop.add_reader(self._control.fileno(), self._on_readable)
 
-    def spawn(self, env: dict[str, str], lifeline: int, hello: int) -> _ForkedProcess:
+    def spawn(self, env: dict[str, str], lifeline: int, hello: int, stdout: int,
+              stderr: int) -> _ForkedProcess:
         self._next_id += 1
         request = {"id": self._next_id, "cwd": os.getcwd(),
                    "set": {k: v for k, v in env.items() if self.base_env.get(k) != v},
                    "unset": [k for k in self.base_env if k not in env]}
-        # The child prints to our stdout and stderr as they are now (a test runner may have
-        # redirected them since the zygote started).
-        fds = array.array("i", [lifeline, hello, 1, 2])
+        fds = array.array("i", [lifeline, hello, stdout, stderr])
         self._control.sendmsg([json.dumps(request).encode()],
                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
         process = self._by_id[self._next_id] = _ForkedProcess(self.loop)

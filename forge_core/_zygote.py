@@ -12,8 +12,8 @@ The parent talks to it over a Unix socket pair (``FORGE_ZYGOTE_FD``):
 - parent -> zygote: one JSON request per proc (``{"id", "set", "unset", "cwd"}``: how the
   child's environment differs from the zygote's) with four file descriptors passed alongside
   (SCM_RIGHTS): the child's lifeline and hello pipe ends and the
-  parent's current stdout and stderr, so the child is tied to the parent exactly as a directly
-  spawned one is, and prints where the parent prints now;
+  write ends of its stdout and stderr pipes, so the child is tied to the parent exactly as a
+  directly spawned one is, and prints into pipes the parent reads (see ``_logs``);
 - zygote -> parent: lines ``spawned <id> <pid>`` and ``exited <pid> <code>`` (the zygote is the
   children's parent, so it reaps them and reports how they ended).
 

@@ -1,4 +1,5 @@
-"""The ``forge`` command: ``forge plugins``, ``forge bench``, ``forge agent``, and the commands
+"""The ``forge`` command: ``forge plugins``, ``forge bench``, ``forge agent``, ``forge doctor``,
+``forge dashboard``, and the commands
 that installed layers add (``forge demo`` comes from the RL layer, ``forge_rl``)."""
 
 from __future__ import annotations
@@ -23,6 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     listing.set_defaults(run=_plugins)
 
     commands.add_parser("agent", help="serve this host to Forge clients (forge agent -h)")
+
+    doctor = commands.add_parser(
+        "doctor", help="what every actor of every Forge client on this host is doing now",
+        description="For every process of the running Forge clients of this user on this host: "
+                    "the endpoint each actor runs, since when, the line it is on, and the calls "
+                    "waiting on it; calls running longer than --threshold show their stack.")
+    doctor.add_argument("--client", type=int, metavar="PID", help="only this client process")
+    doctor.add_argument("--threshold", type=float, default=5.0, metavar="S",
+                        help="mark calls running this long as stuck (default 5 s)")
+    doctor.add_argument("--json", action="store_true", help="print the raw reports as JSON")
+    doctor.set_defaults(run=_doctor)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="serve the live dashboard of the Forge clients on this host")
+    dashboard.add_argument("--port", type=int, default=8265)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default loopback only)")
+    dashboard.add_argument("--client", type=int, metavar="PID", help="only this client process")
+    dashboard.set_defaults(run=_dashboard)
 
     bench = commands.add_parser(
         "bench", help="compare transports, each figure beside the machine's floor",
@@ -75,6 +95,33 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']:<{width}}  {row['distribution']:<{dist_width}}  "
               f"{', '.join(row['hooks'])}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .observe import collect, doctor_report
+
+    if args.json:
+        import json
+
+        print(json.dumps(collect(args.client), indent=1, default=str))
+    else:
+        print(doctor_report(args.client, args.threshold))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from .observe import serve_dashboard
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    serve_dashboard(args.port, args.host, args.client)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

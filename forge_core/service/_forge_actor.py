@@ -45,7 +45,7 @@ class ForgeActor(Actor):
 
         Options: procs, num_replicas, with_gpus, hosts, router, router_options, name, env,
         probe_interval, probe_timeout, max_restarts, restart_backoff, start_timeout,
-        retry_wait (see ``ServiceConfig``). Unknown names raise ``TypeError``.
+        retry_wait, logs, log_file (see ``ServiceConfig``). Unknown names raise ``TypeError``.
         """
         base = cls._actor_class()
         config = cls._forge_config.with_changes(base.__name__, options)
@@ -120,7 +120,8 @@ async def launch_actor(actor_class: type, config: ServiceConfig, args: tuple,
     sizes = {config.dimension: config.procs}
     env = dict(config.env)
     procs = (spawn_cluster_procs(list(config.hosts), sizes, env=env, name=name) if config.hosts
-             else spawn_procs(sizes, env=env, name=name))
+             else spawn_procs(sizes, env=env, name=name, logs=config.logs,
+                              log_file=config.log_file))
     try:
         mesh = procs.spawn(name, actor_class, *args, **kwargs)
         await constructed(mesh)

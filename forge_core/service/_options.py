@@ -25,6 +25,8 @@ class ServiceConfig:
     restart_backoff: float = 0.5  # first wait before retrying a failed start; doubles each time
     start_timeout: float = 300.0  # spawn + constructor + setup of one replica
     retry_wait: float = 30.0  # how long a call waits for a healthy replica (retries included)
+    logs: str = "stream"  # where the processes' output goes: "stream", "file" or "both"
+    log_file: str | None = None  # the file for logs="file"/"both"
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -59,6 +61,12 @@ class ServiceConfig:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{owner}.options({key}=...) must be a number of seconds >= 0, "
                                  f"not {value!r}")
+        from .._logs import check_options
+
+        try:
+            check_options(self.logs, self.log_file)
+        except ValueError as exc:
+            raise ValueError(f"{owner}.options(): {exc}") from None
         if not isinstance(self.router, str):
             raise TypeError(f"{owner}.options(router=...) is a policy name, e.g. 'least_loaded'")
 

@@ -63,7 +63,8 @@ class Replica:
         if config.hosts:
             procs = spawn_cluster_procs(list(config.hosts), sizes, env=env, name=self.name)
         else:
-            procs = spawn_procs(sizes, env=env, name=self.name)
+            procs = spawn_procs(sizes, env=env, name=self.name, logs=config.logs,
+                                log_file=config.log_file)
         self.procs = procs
         try:
             self.mesh = procs.spawn(self.name, recipe.actor_class, *recipe.args, **recipe.kwargs)
