@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import itertools
 import os
@@ -17,7 +18,7 @@ import weakref
 from typing import Any, AsyncIterator
 
 from . import _messages as m
-from . import allocation
+from . import _tracing, allocation
 from . import _wire
 from ._actors import current_point
 from ._endpoint import EndpointSpec, NotReady, encode_call, endpoints_of
@@ -449,7 +450,10 @@ class ActorMesh:
         return self._ready_targets
 
     # -- making calls -------------------------------------------------------------------------
-    def _invoke(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int) -> Future:
+    def _invoke(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int,
+                traced: bool = True) -> Future:
+        if _tracing.enabled and traced and mode != _BROADCAST:
+            return self._invoke_traced(spec, args, kwargs, mode)
         try:
             payload, buffers = encode_call(self._class_name, spec, args, kwargs)
         except NotReady:
@@ -468,6 +472,27 @@ class ActorMesh:
             return future
         return self._send(loop, spec, mode, payload, buffers)
 
+    def _invoke_traced(self, spec: EndpointSpec, args: tuple, kwargs: dict, mode: int) -> Future:
+        """A call in a client span, its traceparent in the message (see ``_tracing``). Calls
+        made before the mesh is up, or from outside an event loop, go untraced."""
+        loop = _get_running_loop()
+        if loop is None:
+            return self._invoke(spec, args, kwargs, mode, traced=False)
+        try:
+            payload, buffers = encode_call(self._class_name, spec, args, kwargs)
+        except NotReady:
+            payload, buffers = None, []
+        span, traceparent = _tracing.start_client_span(self._class_name, spec.name)
+        if payload is None or (self._ready_targets is None and not self._spawned.done()):
+            future = self._new_future(loop, mode)
+            loop.create_task(self._invoke_later(spec, args, kwargs, mode, payload, buffers,
+                                                future, traceparent))
+        else:
+            future = self._send(loop, spec, mode, _tracing.traced_body(traceparent, payload),
+                                buffers, kind=m.REQUEST_TRACED)
+        future.add_done_callback(functools.partial(_tracing.end_client_span, span))
+        return future
+
     def _invoke_from_home_loop(self, spec, args, kwargs, mode, payload, buffers) -> Future:
         # Its own method so that _invoke, the hot path, keeps no closure cells.
         return ThreadFuture(on_home_loop(
@@ -479,7 +504,8 @@ class ActorMesh:
         return call_future(loop)
 
     async def _invoke_later(self, spec, args, kwargs, mode, payload, buffers,
-                            future: Future | None = None) -> Any:
+                            future: Future | None = None, traceparent: bytes | None = None
+                            ) -> Any:
         """The slow path: wait for the mesh (and any mesh among the arguments) to be up."""
         loop = asyncio.get_running_loop()
         caller_waits_here = future is None
@@ -492,12 +518,17 @@ class ActorMesh:
         except BaseException as exc:
             future._fail(exc)
         else:
-            self._send(loop, spec, mode, payload, buffers, future)
+            if traceparent is None:
+                self._send(loop, spec, mode, payload, buffers, future)
+            else:
+                self._send(loop, spec, mode, _tracing.traced_body(traceparent, payload),
+                           buffers, future, kind=m.REQUEST_TRACED)
         if caller_waits_here:
             return await future
 
     def _send(self, loop: asyncio.AbstractEventLoop, spec: EndpointSpec, mode: int,
-              payload: bytes, buffers: list, future: Future | None = None) -> Future:
+              payload: bytes, buffers: list, future: Future | None = None,
+              kind: int = m.REQUEST) -> Future:
         if future is None:
             future = self._new_future(loop, mode)
         try:
@@ -511,13 +542,13 @@ class ActorMesh:
             last = self._last_channel
             if last is None or last.loop is not loop or last.broken is not None:
                 last = self._last_channel = Runtime.get().channel(targets[0], loop, transport)
-            last.request(m.REQUEST, actor_id, payload, buffers, future)
+            last.request(kind, actor_id, payload, buffers, future)
             return future
         runtime = Runtime.get()
         if mode == _ALL:
             for index, info in enumerate(targets):
                 runtime.channel(info, loop, transport).request(
-                    m.REQUEST, actor_id, payload, buffers, future.slot(index))
+                    kind, actor_id, payload, buffers, future.slot(index))
         elif mode == _BROADCAST:
             try:
                 for info in targets:
@@ -529,7 +560,7 @@ class ActorMesh:
         else:
             info = self._choose(targets, runtime.dead)
             runtime.channel(info, loop, transport).request(
-                m.REQUEST, actor_id, payload, buffers, future)
+                kind, actor_id, payload, buffers, future)
         return future
 
     def _choose(self, targets: list[ProcInfo], dead: set[str]) -> ProcInfo:
@@ -593,7 +624,7 @@ class EndpointRef:
         channel = mesh._last_channel
         body = self._bare_call
         if (body is not None and not args and not kwargs and channel is not None
-                and channel.loop is _get_running_loop()):
+                and channel.loop is _get_running_loop() and not _tracing.enabled):
             # The hottest path, a call without arguments from the loop of the last call:
             # nothing to check or pickle, and the channel is known (a broken one fails it).
             return channel.call(mesh._actor_id, body, [])

@@ -29,6 +29,7 @@ REPLY_ERR = 4
 SPAWN = 5  # construct an actor; a reply follows
 STOP = 6  # stop this process
 PING = 7  # liveness probe; a reply follows
+REQUEST_TRACED = 8  # REQUEST whose body starts with u8 len + a W3C traceparent (_tracing)
 
 
 def wire_name(name: str) -> bytes:

@@ -26,7 +26,7 @@ import uuid
 from typing import Any, Callable
 
 from . import _messages as m
-from . import _wire, plugins
+from . import _tracing, _wire, plugins
 from ._future import CallFuture
 from ._actors import ActorHost, construct
 from ._shape import Point
@@ -107,6 +107,7 @@ class Runtime:
         self._channels: dict[tuple[int, str], "Channel"] = {}
         self._channels_lock = threading.Lock()
         self._on_stop: list[Callable[[], None]] = []
+        _tracing.setup(self._on_stop)  # spans, if the environment asks for them
 
     # -- start-up ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,6 +161,8 @@ class Runtime:
         kind, request_id, actor_id, offset = m.unpack(meta)
         if kind == m.SPAWN:
             self._spawn_actor(request_id, actor_id, memoryview(meta)[offset:], buffers, reply)
+        elif kind == m.REQUEST_TRACED:
+            _tracing.serve(self, request_id, meta, buffers, reply, track)
         elif kind == m.PING:
             reply(m.REPLY_OK, request_id, *_wire.dumps(None))
         elif kind == m.STOP:

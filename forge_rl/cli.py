@@ -35,6 +35,11 @@ def demo_command(commands) -> None:
     demo.add_argument("--output", default="forge-demo-out", help="folder for the reward curve")
     demo.add_argument("--json", metavar="FILE", help="write the run (per-step rewards, phases, "
                                                      "samples/s, accuracy) as JSON here")
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="stream the services' own output (vLLM's) here as well as to "
+                           "OUTPUT/engines.log")
+    demo.add_argument("--dashboard", type=int, nargs="?", const=8265, metavar="PORT",
+                      help="serve the live dashboard on 127.0.0.1:PORT (default 8265)")
     demo.add_argument("--walkthrough", action="store_true",
                       help="run the Monarch walkthrough example instead")
     demo.set_defaults(run=_demo)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge_core.actor import this_proc
+from forge_core.observe import record_metric, serve_dashboard
 
 from forge_rl.buffer import ReplayBuffer
 from forge_rl.loop import LoopConfig, RunResult, Services, StepRecord, run_loop
@@ -54,6 +55,8 @@ class DemoConfig:
     kill_replica_at: int = -1  # kill -9 one policy replica before this step (-1: never)
     output: str = "forge-demo-out"
     json: str | None = None  # write the run as JSON here
+    verbose: bool = False  # stream the services' own output (vLLM's) too, not only to a file
+    dashboard: int | None = None  # serve the live dashboard on this port (0: any free one)
 
     def loop_config(self) -> LoopConfig:
         chunks = self.replicas * 2  # two chunks in flight per replica keep every engine busy
@@ -138,7 +141,16 @@ async def run(cfg: DemoConfig, log=print) -> RunResult:
     started = time.perf_counter()
     services = await start_services(cfg, generator)
     policy, reward = services.policy, services.reward
-    log(f"services up in {time.perf_counter() - started:.1f} s")
+    log(f"services up in {time.perf_counter() - started:.1f} s; their output is in "
+        f"{engines_log(cfg)}" + (" (and here)" if cfg.verbose else " (-v shows it here too)"))
+    dashboard = None
+    if cfg.dashboard is not None:
+        dashboard = serve_dashboard(cfg.dashboard)  # it says where it listens
+
+    def on_step(record) -> None:
+        record_metric("reward", record.reward, reduce="mean")  # plotted live on the dashboard
+        record_metric("success", record.success, reduce="mean")
+        log(progress_line(record, cfg.steps))
 
     killer = ReplicaKiller(policy, cfg.kill_replica_at, log)
     try:
@@ -146,7 +158,7 @@ async def run(cfg: DemoConfig, log=print) -> RunResult:
             loop_config, services,
             task.prompt_source(cfg.seed, cfg.prompts_per_step // loop_config.chunks_per_step),
             log=log, before_step=killer.before_step,
-            on_step=lambda record: log(progress_line(record, cfg.steps)))
+            on_step=on_step)
         result.recovery = killer.finish()
         # A last look, greedy, on one replica: a session keeps every call on the same one.
         async with policy.session():
@@ -156,6 +168,8 @@ async def run(cfg: DemoConfig, log=print) -> RunResult:
             f"(chance {CHANCE_SUCCESS_RATE:.0%})")
     finally:
         await stop_services(services)
+        if dashboard is not None:
+            dashboard.shutdown()
     report(cfg, result, log)
     return result
 
@@ -166,14 +180,20 @@ async def start_services(cfg: DemoConfig, generator: str, policy_class: type = P
     latest weights (in this process) that restarted replicas load from."""
     config = model_config(cfg)
     registry = this_proc().spawn("latest_weights", LatestWeights)
+    # vLLM's start-up chatter goes to a file: the terminal shows the run's own progress.
+    logs = {"logs": "both" if cfg.verbose else "file", "log_file": str(engines_log(cfg))}
     policy, reward, trainer, buffer = await asyncio.gather(
         policy_class.options(num_replicas=cfg.replicas, router="least_loaded", probe_timeout=60,
-                             env=POLICY_ENV).as_service(config, cfg.seed + 1, generator,
-                                                        registry, POLICY_NICE),
-        Reward.options(num_replicas=1).as_service(),
-        Trainer.options(procs=1).as_actor(config, cfg.seed, cfg.lr, cfg.weight_sync),
-        ReplayBuffer.as_actor(max_policy_age=cfg.max_policy_age))
+                             env=POLICY_ENV, **logs).as_service(config, cfg.seed + 1, generator,
+                                                                registry, POLICY_NICE),
+        Reward.options(num_replicas=1, **logs).as_service(),
+        Trainer.options(procs=1, **logs).as_actor(config, cfg.seed, cfg.lr, cfg.weight_sync),
+        ReplayBuffer.options(**logs).as_actor(max_policy_age=cfg.max_policy_age))
     return Services(policy, reward, trainer, buffer, registry)
+
+
+def engines_log(cfg: DemoConfig) -> Path:
+    return Path(cfg.output) / "engines.log"
 
 
 async def stop_services(services: Services) -> None:

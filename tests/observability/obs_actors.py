@@ -67,3 +67,14 @@ class SlowStart(Echo):
     @endpoint
     async def setup(self) -> None:
         await asyncio.sleep(2)
+
+
+class Caller(Actor):
+    """Calls another actor from inside its endpoint: one trace must cover both."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    @endpoint
+    async def relay(self) -> int:
+        return await self.worker.ping.call_one()

@@ -22,11 +22,15 @@ def test_async_learns_as_well_as_sync_with_vllm_on_the_default_settings(tmp_path
     runs = {}
     for mode in ("sync", "async"):
         path = tmp_path / f"{mode}.json"
-        subprocess.run([sys.executable, "-m", "forge_core.cli", "demo", "--mode", mode,
-                        "--output", str(tmp_path / mode), "--json", str(path)],
-                       check=True, timeout=280, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "forge_core.cli", "demo", "--mode", mode,
+                               "--output", str(tmp_path / mode), "--json", str(path)],
+                              check=True, timeout=280, capture_output=True, text=True)
         runs[mode] = json.loads(path.read_text())
+        # The terminal shows the demo's own progress; vLLM's output is in engines.log, named.
+        shown = done.stdout + done.stderr
+        assert "INFO" not in shown and "[Policy.r" not in shown, shown[-3000:]
+        engines = (tmp_path / mode / "engines.log").read_text()
+        assert "[Policy.r0 0]" in engines and "[Policy.r1 0]" in engines
     sync, asyn = runs["sync"], runs["async"]
     assert asyn["mode"] == "async" and sync["mode"] == "sync" and len(asyn["steps"]) == 50
     last10 = statistics.fmean(s["reward"] for s in asyn["steps"][-10:])
@@ -42,5 +46,6 @@ def test_demo_help_lists_the_knobs():
     out = subprocess.run([sys.executable, "-m", "forge_core.cli", "demo", "--help"],
                          capture_output=True, text=True, timeout=60)
     for knob in ("--steps", "--replicas", "--hidden-size", "--seed", "--transport", "--output",
-                 "--generator", "--kill-replica-at", "--mode", "--max-policy-age", "--json"):
+                 "--generator", "--kill-replica-at", "--mode", "--max-policy-age", "--json",
+                 "--verbose", "--dashboard"):
         assert knob in out.stdout
