@@ -1,0 +1,1 @@
+"""Tasks with a real reward, for ``forge grpo``."""
