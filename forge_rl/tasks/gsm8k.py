@@ -2,7 +2,8 @@
 
 A problem is a JSONL line ``{"question": ..., "answer": "...reasoning... #### 42"}``: the
 number after ``####`` is the answer. A completion earns 1.0 when the last number it states
-(after ``####`` if it writes one, else anywhere) equals it, else 0.0.
+(after ``####`` if it writes one, else anywhere) equals it, 0.1 for stating some other number
+(a format reward, so that a model that has never been right still gets a signal), else 0.
 """
 
 from __future__ import annotations
@@ -60,8 +61,14 @@ def load_problems(path: str) -> list[Problem]:
     return problems
 
 
+FORMAT_REWARD = 0.1  # for stating a number at all: a signal before the first right answer
+
+
 def reward(completion: str, problem: Problem) -> float:
-    return 1.0 if final_answer(completion) == problem.answer else 0.0
+    answer = final_answer(completion)
+    if answer == problem.answer:
+        return 1.0
+    return FORMAT_REWARD if answer is not None else 0.0
 
 
 # -- the shipped set ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 

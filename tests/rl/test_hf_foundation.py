@@ -17,17 +17,9 @@ from forge_rl import config as grpo_config  # noqa: E402
 from forge_rl import hf  # noqa: E402
 from forge_rl.tasks import gsm8k  # noqa: E402
 
-from hf_models import build_model, corpus_of  # noqa: E402
+from hf_models import ARCHITECTURES  # noqa: E402
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DATA = grpo_config.data_path(grpo_config.GRPOConfig(model="", steps=1))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf-models")
-    corpus = corpus_of(DATA)
-    return {arch: build_model(arch, str(root / arch), corpus) for arch in ARCHITECTURES}
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -94,7 +86,8 @@ def test_final_answers_are_read_as_gsm8k_writes_them():
     assert gsm8k.final_answer("no number") is None
     problem = gsm8k.Problem("q", "12")
     assert gsm8k.reward("I think 3 then 12", problem) == 1.0
-    assert gsm8k.reward("#### 13", problem) == 0.0
+    assert gsm8k.reward("#### 13", problem) == gsm8k.FORMAT_REWARD
+    assert gsm8k.reward("no idea", problem) == 0.0
 
 
 def test_the_shipped_problems_load_and_their_answers_are_right():

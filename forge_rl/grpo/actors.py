@@ -1,0 +1,261 @@
+"""The actors of ``forge grpo``: they keep the endpoint contracts of ``forge_rl.loop``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+from forge_core import ForgeActor, endpoint
+from forge_core.weights import WeightPublisher, WeightsGate
+
+from forge_rl.types import Completion, Prompt
+from forge_rl.versions import load_latest
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("FORGE_TORCH_THREADS", "1"))))
+
+
+class HFPolicy(ForgeActor):
+    """Samples completions from the model directory with transformers (the torch generator),
+    and takes new weights in place behind a ``WeightsGate``."""
+
+    def __init__(self, model_dir: str, dtype: str, registry: Any = None):
+        self.model_dir = model_dir
+        self.dtype = dtype
+        self.registry = registry
+        self.gate = WeightsGate(version=0)
+        self.busy_seconds = 0.0
+
+    async def setup(self) -> None:
+        from forge_rl import hf
+
+        _threads()
+        self.tokenizer = hf.load_tokenizer(self.model_dir)
+        self.model = hf.load_model(self.model_dir, self.dtype).eval()
+        self._engine = asyncio.Lock()
+        await load_latest(self.registry, self.gate, self._load)
+
+    def _load(self, tensors: dict) -> None:
+        # A tied lm_head is not sent (it is the embedding): load the rest by name.
+        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise ValueError(f"weights do not fit the model: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+
+    def _sample(self, prompts: list[str], n: int, max_tokens: int, temperature: float,
+                seed: int | None) -> list[list[Completion]]:
+        import torch
+
+        from forge_rl import hf
+
+        tok = self.tokenizer
+        groups = []
+        for index, text in enumerate(prompts):
+            ids = hf.prompt_ids(tok, text)
+            if seed is not None:
+                torch.manual_seed(seed * 1009 + index)  # the same chunk samples the same
+            with torch.no_grad():
+                out = self.model.generate(
+                    torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    do_sample=temperature > 0, temperature=max(temperature, 1e-5), top_k=0,
+                    top_p=1.0, max_new_tokens=max_tokens, num_return_sequences=n,
+                    output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            # Behaviour logprobs: of the sampled token, under the temperature-1 distribution.
+            logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+            group = []
+            for row in range(n):
+                new = out.sequences[row, len(ids):].tolist()
+                if tok.eos_token_id in new:
+                    new = new[:new.index(tok.eos_token_id) + 1]
+                lps = [float(logprobs[row, t, token]) for t, token in enumerate(new)]
+                stopped = bool(new) and new[-1] == tok.eos_token_id
+                body = new[:-1] if stopped else new
+                group.append(Completion(text, ids, tok.decode(body), new, lps,
+                                        "stop" if stopped else "length"))
+            groups.append(group)
+        return groups
+
+    @endpoint(concurrent=True)
+    async def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float,
+                       seed: int | None = None) -> tuple[int, list]:
+        async with self._engine:
+            async with self.gate.generating() as version:
+                started = time.perf_counter()
+                groups = await asyncio.to_thread(self._sample, prompts, n, max_tokens,
+                                                 temperature, seed)
+                self.busy_seconds += time.perf_counter() - started
+        return version, groups
+
+    @endpoint(concurrent=True)
+    async def update_weights(self, handle: Any) -> int:
+        await self.gate.update(handle, self._load)
+        return self.gate.version
+
+    @endpoint
+    def busy(self) -> tuple[int, float]:
+        return os.getpid(), self.busy_seconds
+
+    @endpoint
+    def completion_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """This replica's logprobs of a fixed completion (weight-sync checks)."""
+        import torch
+
+        from forge_rl import hf
+
+        with torch.no_grad():
+            [lps] = hf.completion_logprobs(self.model, [prompt_ids], [completion_ids],
+                                           self.tokenizer.pad_token_id)
+        return lps.tolist()
+
+
+class MathReward(ForgeActor):
+    """1.0 when a completion's final number is the problem's answer (GSM8K's rule)."""
+
+    @endpoint
+    def score(self, prompts: list[Prompt], groups: list[list[Completion]]
+              ) -> tuple[list[list[float]], float]:
+        from forge_rl.tasks.gsm8k import Problem, reward
+
+        rewards = [[reward(c.text, Problem(p.text, p.answer or "")) for c in group]
+                   for p, group in zip(prompts, groups)]
+        flat = [r for group in rewards for r in group]
+        return rewards, sum(r == 1.0 for r in flat) / max(len(flat), 1)
+
+
+class Reference(ForgeActor):
+    """The frozen starting model: per-token logprobs for the KL term."""
+
+    def __init__(self, model_dir: str, dtype: str):
+        self.model_dir, self.dtype = model_dir, dtype
+
+    async def setup(self) -> None:
+        from forge_rl import hf
+
+        _threads()
+        self.tokenizer = hf.load_tokenizer(self.model_dir)
+        self.model = hf.load_model(self.model_dir, self.dtype).eval().requires_grad_(False)
+
+    @endpoint
+    def logprobs(self, prompts: list[list[int]], completions: list[list[int]]
+                 ) -> list[list[float]]:
+        import torch
+
+        from forge_rl import hf
+
+        with torch.no_grad():
+            return [t.tolist() for t in hf.completion_logprobs(
+                self.model, prompts, completions, self.tokenizer.pad_token_id)]
+
+
+class HFTrainer(ForgeActor):
+    """GRPO updates of the HF model; checkpoints; publishes weights under their HF names."""
+
+    def __init__(self, settings: dict[str, Any], reference: Any = None):
+        self.s = settings  # the GRPOConfig's fields, as a dict
+        self.reference = reference
+
+    async def setup(self) -> None:
+        import torch
+
+        from forge_rl import hf
+
+        _threads()
+        random.seed(self.s["seed"])
+        torch.manual_seed(self.s["seed"])
+        start_from = self.s["resume"] or self.s["model"]
+        self.tokenizer = hf.load_tokenizer(start_from)
+        self.model = hf.load_model(start_from, self.s["dtype"]).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s["lr"])
+        self.version = hf.load_trainer_state(start_from, self.optimizer) if self.s["resume"] else 0
+        self.publisher = WeightPublisher(backend=self.s["weight_sync"])
+
+    @endpoint
+    async def train_step(self, batch: list) -> dict:
+        import torch
+
+        from forge_rl import hf
+        from forge_rl.experience import build_experiences
+        from forge_rl.losses import kl_penalty, policy_loss
+
+        started = time.perf_counter()
+        samples = build_experiences(batch)
+        self.version += 1
+        stats: dict[str, Any] = {"version": self.version, "num_samples": len(samples)}
+        if samples:
+            prompts = [e.prompt_ids for e in samples]
+            completions = [e.completion_ids for e in samples]
+            new = hf.completion_logprobs(self.model, prompts, completions,
+                                         self.tokenizer.pad_token_id)
+            width = max(len(c) for c in completions)
+            mask = torch.zeros(len(samples), width)
+            current = torch.zeros(len(samples), width)
+            behaviour = torch.zeros(len(samples), width)
+            rows = []
+            for i, (lp, e) in enumerate(zip(new, samples)):
+                mask[i, :len(lp)] = 1
+                behaviour[i, :len(lp)] = torch.tensor(e.behaviour_logprobs)
+                rows.append(torch.nn.functional.pad(lp, (0, width - len(lp))))
+            current = torch.stack(rows)
+            advantages = torch.tensor([e.advantage for e in samples])
+            loss, extra = policy_loss(current, behaviour, advantages, mask, self.s["clip_eps"])
+            stats.update(extra)
+            if self.reference is not None and self.s["beta"] > 0:
+                ref = await self.reference.logprobs.call_one(prompts, completions)
+                ref_t = torch.zeros(len(samples), width)
+                for i, r in enumerate(ref):
+                    ref_t[i, :len(r)] = torch.tensor(r)
+                kl = kl_penalty(current, ref_t, mask)
+                loss = loss + self.s["beta"] * kl
+                stats["kl"] = float(kl)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+            self.optimizer.step()
+            stats["loss"] = float(loss.detach())
+        else:
+            stats["loss"] = 0.0
+        every = self.s["checkpoint_every"]
+        if every and self.version % every == 0:
+            stats["checkpoint"] = self.save()
+        stats["seconds"] = time.perf_counter() - started
+        return stats
+
+    @endpoint
+    def save(self) -> str:
+        from forge_rl import hf
+
+        path = os.path.join(self.s["output"], "checkpoints", f"step-{self.version}")
+        return hf.save_checkpoint(path, self.model, self.tokenizer, self.optimizer, self.version)
+
+    @endpoint
+    def probe(self, text: str) -> tuple[list[int], list[int], list[float]]:
+        """The trainer's own logprobs of ``text`` as the answer to ``text``: replicas must
+        report the same after a weight sync."""
+        import torch
+
+        from forge_rl import hf
+
+        prompt = hf.prompt_ids(self.tokenizer, text)
+        completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            [lps] = hf.completion_logprobs(self.model, [prompt], [completion],
+                                           self.tokenizer.pad_token_id)
+        return prompt, completion, lps.tolist()
+
+    @endpoint
+    def weights_digest(self) -> float:
+        """A number that changes when any weight does (for tests and logs)."""
+        return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
+
+    @endpoint
+    async def push_weights(self) -> Any:
+        from forge_rl import hf
+
+        return await self.publisher.publish(hf.state_dict_for_sync(self.model), self.version)

@@ -1,0 +1,66 @@
+"""`forge grpo --config FILE.yaml key=value...` on tiny random Llama, Qwen2 and Qwen3
+directories, as a user runs it: 3 steps each, finite losses, changed weights, replicas
+answering from the trainer's weights after every sync, a checkpoint that transformers loads
+and that a run resumes from; a bad config fails before any process starts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from hf_models import ARCHITECTURES  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def grpo(tmp_path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "forge_core.cli", "grpo", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {models[arch]}\nsteps: 3\n")
+    beta = ["beta=0"] if arch == "llama" else []  # beta 0: no reference model at all
+    report_path = tmp_path / "run.json"
+    done = grpo(tmp_path, "--config", str(config), *beta, "generator=torch",
+                f"output={tmp_path / 'out'}", "--json", str(report_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert len(report["losses"]) == 3 and all(math.isfinite(x) for x in report["losses"])
+    assert report["weights_changed"]
+    assert report["reference"] == (arch != "llama")
+    assert report["sync_max_abs_diff"] < 1e-5
+    assert "step   3/3" in done.stdout and "INFO" not in done.stdout
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = report["checkpoint"]
+    assert os.path.isfile(os.path.join(checkpoint, "trainer_state.pt"))
+    assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
+    if arch == "qwen3":  # resume from it: the trainer's step count goes on
+        again = tmp_path / "again.json"
+        done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=1",
+                    "generator=torch", f"output={tmp_path / 'out2'}", "--json", str(again))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(again.read_text())["checkpoint"].endswith("step-4")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["steps=3", "stepz=4"], "unknown key 'stepz'"),
+    (["model=/nowhere", "steps=3"], "model: '/nowhere' is not a directory"),
+])
+def test_a_bad_config_fails_at_once_from_the_cli(tmp_path, args, message):
+    started = time.monotonic()
+    done = grpo(tmp_path, *args, timeout=60)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert time.monotonic() - started < 20  # no process was started (python's own start only)
+    assert not (tmp_path / "forge-grpo-out").exists()
