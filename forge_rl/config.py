@@ -37,6 +37,7 @@ class GRPOConfig:
     prompts_per_step: int = 4
     group_size: int = 4
     max_tokens: int = 24
+    max_len: int = 256  # prompt + completion tokens the engine makes room for
     temperature: float = 1.0
     lr: float = 1e-5
     beta: float = 0.04  # weight of the KL term against the reference model; 0: no reference

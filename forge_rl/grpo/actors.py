@@ -22,80 +22,46 @@ def _threads() -> None:
 
 
 class HFPolicy(ForgeActor):
-    """Samples completions from the model directory with transformers (the torch generator),
-    and takes new weights in place behind a ``WeightsGate``."""
+    """Samples completions from the model directory with vLLM (or transformers: see
+    ``engines``) and takes new weights in place behind a ``WeightsGate``: no answer mixes
+    two versions. The engine runs one batch at a time on a worker thread, so the event loop
+    keeps answering probes and weight updates meanwhile."""
 
-    def __init__(self, model_dir: str, dtype: str, registry: Any = None):
-        self.model_dir = model_dir
-        self.dtype = dtype
+    def __init__(self, model_dir: str, dtype: str, generator: str, seed: int, max_len: int,
+                 registry: Any = None):
+        self.model_dir, self.dtype, self.generator = model_dir, dtype, generator
+        self.seed, self.max_len = seed, max_len
         self.registry = registry
         self.gate = WeightsGate(version=0)
         self.busy_seconds = 0.0
 
     async def setup(self) -> None:
-        from forge_rl import hf
+        from .engines import make_engine
 
         _threads()
-        self.tokenizer = hf.load_tokenizer(self.model_dir)
-        self.model = hf.load_model(self.model_dir, self.dtype).eval()
-        self._engine = asyncio.Lock()
-        await load_latest(self.registry, self.gate, self._load)
-
-    def _load(self, tensors: dict) -> None:
-        # A tied lm_head is not sent (it is the embedding): load the rest by name.
-        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise ValueError(f"weights do not fit the model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
-
-    def _sample(self, prompts: list[str], n: int, max_tokens: int, temperature: float,
-                seed: int | None) -> list[list[Completion]]:
-        import torch
-
-        from forge_rl import hf
-
-        tok = self.tokenizer
-        groups = []
-        for index, text in enumerate(prompts):
-            ids = hf.prompt_ids(tok, text)
-            if seed is not None:
-                torch.manual_seed(seed * 1009 + index)  # the same chunk samples the same
-            with torch.no_grad():
-                out = self.model.generate(
-                    torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    do_sample=temperature > 0, temperature=max(temperature, 1e-5), top_k=0,
-                    top_p=1.0, max_new_tokens=max_tokens, num_return_sequences=n,
-                    output_logits=True, return_dict_in_generate=True,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            # Behaviour logprobs: of the sampled token, under the temperature-1 distribution.
-            logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-            group = []
-            for row in range(n):
-                new = out.sequences[row, len(ids):].tolist()
-                if tok.eos_token_id in new:
-                    new = new[:new.index(tok.eos_token_id) + 1]
-                lps = [float(logprobs[row, t, token]) for t, token in enumerate(new)]
-                stopped = bool(new) and new[-1] == tok.eos_token_id
-                body = new[:-1] if stopped else new
-                group.append(Completion(text, ids, tok.decode(body), new, lps,
-                                        "stop" if stopped else "length"))
-            groups.append(group)
-        return groups
+        self._engine_lock = asyncio.Lock()
+        self.engine = await asyncio.to_thread(make_engine, self.generator, self.model_dir,
+                                              self.dtype, self.seed, self.max_len)
+        self.tokenizer = self.engine.tokenizer
+        await load_latest(self.registry, self.gate, self.engine.load)
 
     @endpoint(concurrent=True)
     async def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float,
                        seed: int | None = None) -> tuple[int, list]:
-        async with self._engine:
+        from forge_rl import hf
+
+        prompt_ids = [hf.prompt_ids(self.tokenizer, text) for text in prompts]
+        async with self._engine_lock:
             async with self.gate.generating() as version:
                 started = time.perf_counter()
-                groups = await asyncio.to_thread(self._sample, prompts, n, max_tokens,
-                                                 temperature, seed)
+                groups = await asyncio.to_thread(self.engine.sample, prompts, prompt_ids, n,
+                                                 max_tokens, temperature, seed)
                 self.busy_seconds += time.perf_counter() - started
         return version, groups
 
     @endpoint(concurrent=True)
     async def update_weights(self, handle: Any) -> int:
-        await self.gate.update(handle, self._load)
+        await self.gate.update(handle, self.engine.load)
         return self.gate.version
 
     @endpoint
@@ -103,16 +69,16 @@ class HFPolicy(ForgeActor):
         return os.getpid(), self.busy_seconds
 
     @endpoint
-    def completion_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    @endpoint(concurrent=True)
+    async def completion_logprobs(self, prompt_ids: list[int], completion_ids: list[int]
+                                  ) -> list[float]:
         """This replica's logprobs of a fixed completion (weight-sync checks)."""
-        import torch
-
-        from forge_rl import hf
-
-        with torch.no_grad():
-            [lps] = hf.completion_logprobs(self.model, [prompt_ids], [completion_ids],
-                                           self.tokenizer.pad_token_id)
-        return lps.tolist()
+        async with self._engine_lock:
+            async with self.gate.generating():
+                return await asyncio.to_thread(self.engine.logprobs, prompt_ids, completion_ids)
 
 
 class MathReward(ForgeActor):

@@ -41,9 +41,6 @@ def step_line(record: StepRecord, steps: int) -> str:
 
 async def run(cfg: GRPOConfig, log=print) -> dict:
     """One run; returns what ``--json`` writes (the loop's run plus the trainer's stats)."""
-    if cfg.generator == "vllm":
-        raise ValueError("generator=vllm: the vLLM policy for Hugging Face models is not built "
-                         "yet; use generator=torch (or auto)")
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     logs = {"logs": "file", "log_file": str(output / "engines.log")}
@@ -54,19 +51,20 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
     settings = dataclasses.asdict(cfg)
     policy_dir = cfg.resume or cfg.model  # replicas start from the weights the trainer has
     started = time.perf_counter()
-    log(f"forge grpo ({cfg.mode}): {cfg.model}, {cfg.policy_replicas} policy replica(s) "
-        f"(torch generator), beta {cfg.beta}" + (f", resuming {cfg.resume}" if cfg.resume else ""))
+    log(f"forge grpo ({cfg.mode}): {cfg.model}, {cfg.policy_replicas} policy replica(s), "
+        f"beta {cfg.beta}" + (f", resuming {cfg.resume}" if cfg.resume else ""))
     registry = this_proc().spawn("latest_weights", LatestWeights)
     reference = (await Reference.options(name="Reference", **logs).as_actor(cfg.model, cfg.dtype)
                  if cfg.beta > 0 else None)
     policy, reward, trainer, buffer = await asyncio.gather(
         HFPolicy.options(num_replicas=cfg.policy_replicas, probe_timeout=120, **logs)
-        .as_service(policy_dir, cfg.dtype, registry),
+        .as_service(policy_dir, cfg.dtype, cfg.generator, cfg.seed, cfg.max_len, registry),
         MathReward.options(**logs).as_service(),
         HFTrainer.options(**logs).as_actor(settings, reference),
         ReplayBuffer.options(**logs).as_actor(max_policy_age=cfg.max_policy_age))
-    log(f"services up in {time.perf_counter() - started:.1f} s; their output is in "
-        f"{output / 'engines.log'}")
+    engine = await policy.engine_name.route()
+    log(f"services up in {time.perf_counter() - started:.1f} s (generator: {engine}); their "
+        f"output is in {output / 'engines.log'}")
     services = Services(policy, reward, trainer, buffer, registry)
     losses = []
 
@@ -101,5 +99,6 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
     report = result.to_json()
     report.update({"losses": losses, "checkpoint": checkpoint,
                    "weights_changed": digest_after != digest_before,
-                   "reference": reference is not None, "sync_max_abs_diff": sync_error})
+                   "reference": reference is not None, "sync_max_abs_diff": sync_error,
+                   "generator": engine})
     return report

@@ -1,10 +1,11 @@
 """`forge grpo --config FILE.yaml key=value...` on tiny random Llama, Qwen2 and Qwen3
-directories, as a user runs it: 3 steps each, finite losses, changed weights, replicas
+directories, as a user runs it (vLLM generates where installed): 3 steps each, finite losses, changed weights, replicas
 answering from the trainer's weights after every sync, a checkpoint that transformers loads
 and that a run resumes from; a bad config fails before any process starts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import time
 import pytest
 
 pytest.importorskip("transformers")
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 from hf_models import ARCHITECTURES  # noqa: E402
 
@@ -32,21 +34,24 @@ def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
     config.write_text(f"model: {models[arch]}\nsteps: 3\n")
     beta = ["beta=0"] if arch == "llama" else []  # beta 0: no reference model at all
     report_path = tmp_path / "run.json"
-    done = grpo(tmp_path, "--config", str(config), *beta, "generator=torch",
-                f"output={tmp_path / 'out'}", "--json", str(report_path))
+    done = grpo(tmp_path, "--config", str(config), *beta, f"output={tmp_path / 'out'}",
+                "--json", str(report_path))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert len(report["losses"]) == 3 and all(math.isfinite(x) for x in report["losses"])
     assert report["weights_changed"]
     assert report["reference"] == (arch != "llama")
-    assert report["sync_max_abs_diff"] < 1e-5
+    # After the syncs the replica answers from the trainer's weights: vLLM's logprobs of a
+    # fixed completion are the trainer's (float32 on the CPU; its kernels differ a little).
+    assert report["generator"] == ("vllm" if HAS_VLLM else "torch")
+    assert report["sync_max_abs_diff"] < (1e-3 if HAS_VLLM else 1e-5)
     assert "step   3/3" in done.stdout and "INFO" not in done.stdout
     from transformers import AutoModelForCausalLM
 
     checkpoint = report["checkpoint"]
     assert os.path.isfile(os.path.join(checkpoint, "trainer_state.pt"))
     assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
-    if arch == "qwen3":  # resume from it: the trainer's step count goes on
+    if arch == "qwen3":  # resume from it (the torch generator): the step count goes on
         again = tmp_path / "again.json"
         done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=1",
                     "generator=torch", f"output={tmp_path / 'out2'}", "--json", str(again))
