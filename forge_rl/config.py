@@ -44,6 +44,7 @@ class GRPOConfig:
     clip_eps: float = 0.2
     seed: int = 0
     dtype: str = "float32"
+    device: str = "auto"  # cuda where there is a GPU, else cpu
     checkpoint_every: int = 0  # save the model every N steps (0: only at the end)
     resume: str = ""  # a checkpoint directory to continue from
     output: str = "forge-grpo-out"
@@ -105,6 +106,11 @@ def check(cfg: GRPOConfig) -> None:
         raise ConfigError(f"mode must be 'async' or 'sync', not {cfg.mode!r}")
     if cfg.generator not in ("auto", "vllm", "torch"):
         raise ConfigError(f"generator must be auto, vllm or torch, not {cfg.generator!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
+    if cfg.device == "cuda" and not _has_cuda():
+        raise ConfigError("device=cuda: no CUDA GPU is visible here (device=auto picks one "
+                          "where there is one)")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype must be float32, bfloat16 or float16, not {cfg.dtype!r}")
     model_config = check_model_dir(cfg.model, "model")
@@ -152,6 +158,10 @@ def check_servable(model_config: dict[str, Any], path: str) -> None:
     if head_dim < MIN_CPU_HEAD_DIM and not _has_cuda():
         raise ConfigError(f"model: {path!r} has attention heads of size {head_dim}; vLLM on "
                           f"the CPU needs at least {MIN_CPU_HEAD_DIM} (or set generator=torch)")
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if _has_cuda() else "cpu") if device == "auto" else device
 
 
 def _has_cuda() -> bool:

@@ -28,8 +28,9 @@ class HFPolicy(ForgeActor):
     keeps answering probes and weight updates meanwhile."""
 
     def __init__(self, model_dir: str, dtype: str, generator: str, seed: int, max_len: int,
-                 registry: Any = None):
+                 registry: Any = None, device: str = "cpu"):
         self.model_dir, self.dtype, self.generator = model_dir, dtype, generator
+        self.device = device
         self.seed, self.max_len = seed, max_len
         self.registry = registry
         self.gate = WeightsGate(version=0)
@@ -41,7 +42,7 @@ class HFPolicy(ForgeActor):
         _threads()
         self._engine_lock = asyncio.Lock()
         self.engine = await asyncio.to_thread(make_engine, self.generator, self.model_dir,
-                                              self.dtype, self.seed, self.max_len)
+                                              self.dtype, self.seed, self.max_len, self.device)
         self.tokenizer = self.engine.tokenizer
         await load_latest(self.registry, self.gate, self.engine.load)
 
@@ -98,15 +99,16 @@ class MathReward(ForgeActor):
 class Reference(ForgeActor):
     """The frozen starting model: per-token logprobs for the KL term."""
 
-    def __init__(self, model_dir: str, dtype: str):
-        self.model_dir, self.dtype = model_dir, dtype
+    def __init__(self, model_dir: str, dtype: str, device: str = "cpu"):
+        self.model_dir, self.dtype, self.device = model_dir, dtype, device
 
     async def setup(self) -> None:
         from forge_rl import hf
 
         _threads()
         self.tokenizer = hf.load_tokenizer(self.model_dir)
-        self.model = hf.load_model(self.model_dir, self.dtype).eval().requires_grad_(False)
+        self.model = hf.load_model(self.model_dir, self.dtype, self.device).eval()
+        self.model.requires_grad_(False)
 
     @endpoint
     def logprobs(self, prompts: list[list[int]], completions: list[list[int]]
@@ -137,7 +139,7 @@ class HFTrainer(ForgeActor):
         torch.manual_seed(self.s["seed"])
         start_from = self.s["resume"] or self.s["model"]
         self.tokenizer = hf.load_tokenizer(start_from)
-        self.model = hf.load_model(start_from, self.s["dtype"]).train()
+        self.model = hf.load_model(start_from, self.s["dtype"], self.s["device"]).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s["lr"])
         self.version = hf.load_trainer_state(start_from, self.optimizer) if self.s["resume"] else 0
         self.publisher = WeightPublisher(backend=self.s["weight_sync"])
@@ -160,21 +162,21 @@ class HFTrainer(ForgeActor):
             new = hf.completion_logprobs(self.model, prompts, completions,
                                          self.tokenizer.pad_token_id)
             width = max(len(c) for c in completions)
-            mask = torch.zeros(len(samples), width)
-            current = torch.zeros(len(samples), width)
-            behaviour = torch.zeros(len(samples), width)
+            device = next(self.model.parameters()).device
+            mask = torch.zeros(len(samples), width, device=device)
+            behaviour = torch.zeros(len(samples), width, device=device)
             rows = []
             for i, (lp, e) in enumerate(zip(new, samples)):
                 mask[i, :len(lp)] = 1
                 behaviour[i, :len(lp)] = torch.tensor(e.behaviour_logprobs)
                 rows.append(torch.nn.functional.pad(lp, (0, width - len(lp))))
             current = torch.stack(rows)
-            advantages = torch.tensor([e.advantage for e in samples])
+            advantages = torch.tensor([e.advantage for e in samples], device=device)
             loss, extra = policy_loss(current, behaviour, advantages, mask, self.s["clip_eps"])
             stats.update(extra)
             if self.reference is not None and self.s["beta"] > 0:
                 ref = await self.reference.logprobs.call_one(prompts, completions)
-                ref_t = torch.zeros(len(samples), width)
+                ref_t = torch.zeros(len(samples), width, device=device)
                 for i, r in enumerate(ref):
                     ref_t[i, :len(r)] = torch.tensor(r)
                 kl = kl_penalty(current, ref_t, mask)
@@ -224,4 +226,11 @@ class HFTrainer(ForgeActor):
     async def push_weights(self) -> Any:
         from forge_rl import hf
 
-        return await self.publisher.publish(hf.state_dict_for_sync(self.model), self.version)
+        handle = await self.publisher.publish(hf.state_dict_for_sync(self.model), self.version)
+        self.backends = [name for name, _ in handle.sources]  # e.g. ["shm"], ["cuda_ipc"]
+        return handle
+
+    @endpoint
+    def weight_sync_backends(self) -> list[str]:
+        """Where the last published weights could be read from, best first."""
+        return list(getattr(self, "backends", []))

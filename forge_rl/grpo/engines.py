@@ -14,14 +14,15 @@ from typing import Any
 from forge_rl.types import Completion
 
 
-def make_engine(kind: str, model_dir: str, dtype: str, seed: int, max_len: int) -> Any:
+def make_engine(kind: str, model_dir: str, dtype: str, seed: int, max_len: int,
+                device: str = "cpu") -> Any:
     if kind == "auto":
         import importlib.util
 
         kind = "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
     if kind == "vllm":
         return VLLMEngine(model_dir, dtype, seed, max_len)
-    return TorchEngine(model_dir, dtype)
+    return TorchEngine(model_dir, dtype, device)
 
 
 def _completion(tok, text: str, prompt_ids: list[int], new: list[int],
@@ -35,11 +36,12 @@ def _completion(tok, text: str, prompt_ids: list[int], new: list[int],
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, model_dir: str, dtype: str):
+    def __init__(self, model_dir: str, dtype: str, device: str = "cpu"):
         from forge_rl import hf
 
         self.tokenizer = hf.load_tokenizer(model_dir)
-        self.model = hf.load_model(model_dir, dtype).eval()
+        self.model = hf.load_model(model_dir, dtype, device).eval()
+        self.device = device
 
     def load(self, tensors: dict) -> None:
         # A tied lm_head is not sent (it is the embedding): load the rest by name.
@@ -59,7 +61,8 @@ class TorchEngine:
                 torch.manual_seed(seed * 1009 + index)  # the same chunk samples the same
             with torch.no_grad():
                 out = self.model.generate(
-                    torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    torch.tensor([ids], device=self.device),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
                     do_sample=temperature > 0, temperature=max(temperature, 1e-5), top_k=0,
                     top_p=1.0, max_new_tokens=max_tokens, num_return_sequences=n,
                     output_logits=True, return_dict_in_generate=True,

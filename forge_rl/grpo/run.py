@@ -12,7 +12,7 @@ from forge_core.actor import this_proc
 from forge_core.observe import record_metric
 
 from forge_rl.buffer import ReplayBuffer
-from forge_rl.config import GRPOConfig, data_path
+from forge_rl.config import GRPOConfig, data_path, resolve_device
 from forge_rl.loop import LoopConfig, RunResult, Services, StepRecord, run_loop
 from forge_rl.tasks.gsm8k import load_problems
 from forge_rl.types import Prompt
@@ -48,17 +48,20 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
     if cfg.prompts_per_step % chunks:
         raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of "
                          f"policy_replicas ({chunks})")
-    settings = dataclasses.asdict(cfg)
+    device = resolve_device(cfg.device)
+    settings = {**dataclasses.asdict(cfg), "device": device}
     policy_dir = cfg.resume or cfg.model  # replicas start from the weights the trainer has
     started = time.perf_counter()
     log(f"forge grpo ({cfg.mode}): {cfg.model}, {cfg.policy_replicas} policy replica(s), "
         f"beta {cfg.beta}" + (f", resuming {cfg.resume}" if cfg.resume else ""))
     registry = this_proc().spawn("latest_weights", LatestWeights)
-    reference = (await Reference.options(name="Reference", **logs).as_actor(cfg.model, cfg.dtype)
-                 if cfg.beta > 0 else None)
+    reference = None
+    if cfg.beta > 0:  # beta 0: no KL term, and no reference model is started
+        reference = await Reference.options(**logs).as_actor(cfg.model, cfg.dtype, device)
     policy, reward, trainer, buffer = await asyncio.gather(
         HFPolicy.options(num_replicas=cfg.policy_replicas, probe_timeout=120, **logs)
-        .as_service(policy_dir, cfg.dtype, cfg.generator, cfg.seed, cfg.max_len, registry),
+        .as_service(policy_dir, cfg.dtype, cfg.generator, cfg.seed, cfg.max_len, registry,
+                    device),
         MathReward.options(**logs).as_service(),
         HFTrainer.options(**logs).as_actor(settings, reference),
         ReplayBuffer.options(**logs).as_actor(max_policy_age=cfg.max_policy_age))
@@ -88,6 +91,7 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
         served = await policy.completion_logprobs.route(prompt_ids, completion_ids)
         sync_error = max(abs(a - b) for a, b in zip(expected, served))
         log(f"weight sync: replica and trainer logprobs differ by at most {sync_error:.1e}")
+        backends = await trainer.weight_sync_backends.call_one()
         checkpoint = await trainer.save.call_one()
         digest_after = await trainer.weights_digest.call_one()
         log(f"{result.samples_per_s:.0f} samples/s; model saved to {checkpoint}")
@@ -100,5 +104,5 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
     report.update({"losses": losses, "checkpoint": checkpoint,
                    "weights_changed": digest_after != digest_before,
                    "reference": reference is not None, "sync_max_abs_diff": sync_error,
-                   "generator": engine})
+                   "generator": engine, "device": device, "weight_sync_backends": backends})
     return report

@@ -69,3 +69,17 @@ def test_a_bad_config_fails_at_once_from_the_cli(tmp_path, args, message):
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert time.monotonic() - started < 20  # no process was started (python's own start only)
     assert not (tmp_path / "forge-grpo-out").exists()
+
+
+@pytest.mark.gpu
+def test_the_same_run_on_cuda_syncs_weights_over_cuda_ipc(models, tmp_path):
+    """On a GPU host: the trainer trains on CUDA and its weights reach the replica over
+    cuda_ipc (the publisher's choice for CUDA tensors on one host)."""
+    report_path = tmp_path / "run.json"
+    done = grpo(tmp_path, f"model={models['qwen3']}", "steps=3", "device=cuda",
+                f"output={tmp_path / 'out'}", "--json", str(report_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["device"] == "cuda" and report["weights_changed"]
+    assert report["sync_max_abs_diff"] < 1e-3
+    assert "cuda_ipc" in report["weight_sync_backends"]
