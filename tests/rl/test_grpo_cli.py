@@ -51,12 +51,19 @@ def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
     checkpoint = report["checkpoint"]
     assert os.path.isfile(os.path.join(checkpoint, "trainer_state.pt"))
     assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
-    if arch == "qwen3":  # resume from it (the torch generator): the step count goes on
+    if arch == "qwen3":  # resume from it (vLLM serves the checkpoint): the step count goes on
         again = tmp_path / "again.json"
         done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=1",
-                    "generator=torch", f"output={tmp_path / 'out2'}", "--json", str(again))
+                    f"output={tmp_path / 'out2'}", "--json", str(again))
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads(again.read_text())["checkpoint"].endswith("step-4")
+    if arch == "llama":  # the transformers generator, where vLLM is missing, runs the same
+        plain = tmp_path / "plain.json"
+        done = grpo(tmp_path, "--config", str(config), "steps=1", "beta=0", "generator=torch",
+                    f"output={tmp_path / 'out3'}", "--json", str(plain))
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(plain.read_text())
+        assert report["generator"] == "torch" and report["sync_max_abs_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("args, message", [
