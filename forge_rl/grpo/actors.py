@@ -141,7 +141,11 @@ class HFTrainer(ForgeActor):
         self.tokenizer = hf.load_tokenizer(start_from)
         self.model = hf.load_model(start_from, self.s["dtype"], self.s["device"]).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s["lr"])
-        self.version = hf.load_trainer_state(start_from, self.optimizer) if self.s["resume"] else 0
+        # Versions count this run's steps (the loop's staleness bound compares them with the
+        # replicas'); a resumed run's checkpoints go on from the step it resumed at.
+        self.first_step = (hf.load_trainer_state(start_from, self.optimizer)
+                           if self.s["resume"] else 0)
+        self.version = 0
         self.publisher = WeightPublisher(backend=self.s["weight_sync"])
 
     @endpoint
@@ -190,7 +194,7 @@ class HFTrainer(ForgeActor):
         else:
             stats["loss"] = 0.0
         every = self.s["checkpoint_every"]
-        if every and self.version % every == 0:
+        if every and (self.first_step + self.version) % every == 0:
             stats["checkpoint"] = self.save()
         stats["seconds"] = time.perf_counter() - started
         return stats
@@ -199,8 +203,9 @@ class HFTrainer(ForgeActor):
     def save(self) -> str:
         from forge_rl import hf
 
-        path = os.path.join(self.s["output"], "checkpoints", f"step-{self.version}")
-        return hf.save_checkpoint(path, self.model, self.tokenizer, self.optimizer, self.version)
+        step = self.first_step + self.version
+        path = os.path.join(self.s["output"], "checkpoints", f"step-{step}")
+        return hf.save_checkpoint(path, self.model, self.tokenizer, self.optimizer, step)
 
     @endpoint
     def probe(self, text: str) -> tuple[list[int], list[int], list[float]]:

@@ -53,10 +53,13 @@ def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
     if arch == "qwen3":  # resume from it (vLLM serves the checkpoint): the step count goes on
         again = tmp_path / "again.json"
-        done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=1",
+        done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=2",
                     f"output={tmp_path / 'out2'}", "--json", str(again))
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(again.read_text())["checkpoint"].endswith("step-4")
+        resumed = json.loads(again.read_text())
+        assert resumed["checkpoint"].endswith("step-5")
+        # No sample goes stale at the seam: every step of the resumed run trains on a batch.
+        assert all(s["samples"] > 0 for s in resumed["steps"]), resumed["steps"]
     if arch == "llama":  # the transformers generator, where vLLM is missing, runs the same
         plain = tmp_path / "plain.json"
         done = grpo(tmp_path, "--config", str(config), "steps=1", "beta=0", "generator=torch",
