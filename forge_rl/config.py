@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 @dataclass
 class GRPOConfig:
     model: str = "???"  # a local HF model directory (config.json, safetensors, tokenizer)
-    steps: int = "???"  # type: ignore[assignment]  # training steps
+    steps: int = "???"  # type: ignore[assignment]  # training steps in all (a resumed
+    # run trains the ones its checkpoint has not: the same command finishes the job)
     data: str = ""  # JSONL of {"question", "answer"} (GSM8K style); "" = the shipped set
     mode: str = "async"  # or "sync"
     max_policy_age: int = 1
@@ -118,9 +119,18 @@ def check(cfg: GRPOConfig) -> None:
         check_servable(model_config, cfg.model)
     if cfg.resume:
         check_model_dir(cfg.resume, "resume")
-        if not os.path.isfile(os.path.join(cfg.resume, "trainer_state.pt")):
-            raise ConfigError(f"resume: {cfg.resume!r} has no trainer_state.pt: it is not a "
-                              f"checkpoint that `forge grpo` wrote")
+        state = os.path.join(cfg.resume, "trainer_state.json")
+        optimizer = os.path.join(cfg.resume, "trainer_state.pt")
+        if not (os.path.isfile(state) and os.path.isfile(optimizer)):
+            raise ConfigError(f"resume: {cfg.resume!r} has no trainer_state.pt and "
+                              f"trainer_state.json: it is not a checkpoint that `forge grpo` "
+                              f"wrote")
+        with open(state) as f:
+            done = int(json.load(f)["step"])
+        if done >= cfg.steps:
+            raise ConfigError(f"resume: {cfg.resume!r} was saved at step {done}, and steps="
+                              f"{cfg.steps} counts the run's steps in all, so none are left; "
+                              f"raise steps above {done}")
     path = data_path(cfg)
     if not os.path.isfile(path):
         raise ConfigError(f"data: {path!r} not found (a JSONL file of "

@@ -7,6 +7,7 @@ model and the torch generator.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 TRAINER_STATE = "trainer_state.pt"  # beside the HF files of a checkpoint
+TRAINER_STEP = "trainer_state.json"  # its step, readable without torch (config checks)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,7 +77,15 @@ def save_checkpoint(path: str, model, tokenizer, optimizer, step: int) -> str:
     torch.save({"step": step, "optimizer": optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}},
                os.path.join(path, TRAINER_STATE))
+    with open(os.path.join(path, TRAINER_STEP), "w") as f:
+        json.dump({"step": step}, f)
     return path
+
+
+def checkpoint_step(path: str) -> int:
+    """The training step a checkpoint was saved at."""
+    with open(os.path.join(path, TRAINER_STEP)) as f:
+        return int(json.load(f)["step"])
 
 
 def load_trainer_state(path: str, optimizer) -> int:

@@ -46,6 +46,9 @@ class LoopConfig:
     max_policy_age: int = 1  # async: samples at most this many versions behind the trainer
     rollout_loops: int = 4  # async: loops routing chunks at once
     seed: int = 0
+    # A resumed run starts at this step: it trains steps first_step .. steps - 1, on the
+    # prompts and sampling seeds an uninterrupted run would have given those steps.
+    first_step: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,6 +58,9 @@ class LoopConfig:
         for name in ("steps", "chunks_per_step", "group_size", "max_tokens", "rollout_loops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not 0 <= self.first_step < self.steps:
+            raise ValueError(f"first_step must be in [0, steps={self.steps}), not "
+                             f"{self.first_step}")
 
 
 @dataclass
@@ -130,7 +136,11 @@ class _Loop:
         self.config, self.services, self.log = config, services, log
         self.before_step, self.on_step = before_step, on_step
         age = config.max_policy_age if config.mode == "async" else 0
-        self.schedule = RolloutSchedule(prompt_source, config.chunks_per_step, age, config.seed)
+        # The schedule counts this run's steps from 0; chunk indices (prompts, seeds) go on
+        # from where the checkpoint's run stopped, and records carry the run's step numbers.
+        self.first_step = config.first_step
+        self.schedule = RolloutSchedule(prompt_source, config.chunks_per_step, age, config.seed,
+                                        first_index=config.first_step * config.chunks_per_step)
         self.records: list[StepRecord] = []
         self.version = 0
         self.trainer_busy = 0.0
@@ -157,12 +167,13 @@ class _Loop:
     async def _run_sync(self) -> None:
         rollout = self.loops[0]
         schedule = self.schedule
-        for step in range(self.config.steps):
-            await _maybe_await(self.before_step and self.before_step(step))
+        for step in range(self.config.steps - self.first_step):
+            await _maybe_await(self.before_step and self.before_step(self.first_step + step))
             times: dict[str, float] = {}
             t = time.perf_counter()
             chunks = [make_chunk(schedule.prompt_source, schedule.seed,
-                                 step * schedule.chunks_per_step + k, step)
+                                 schedule.first_index + step * schedule.chunks_per_step + k,
+                                 step)
                       for k in range(schedule.chunks_per_step)]
             outcomes = await asyncio.gather(*(rollout.rollout(c) for c in chunks),
                                             return_exceptions=True)
@@ -191,8 +202,8 @@ class _Loop:
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
         loading: asyncio.Task | None = None
         try:
-            for step in range(self.config.steps):
-                await _maybe_await(self.before_step and self.before_step(step))
+            for step in range(self.config.steps - self.first_step):
+                await _maybe_await(self.before_step and self.before_step(self.first_step + step))
                 times: dict[str, float] = {}
                 t = time.perf_counter()
                 groups = await self._wait_step(step, tasks)
@@ -247,7 +258,7 @@ class _Loop:
         self.version = stats["version"]
         rewards = [r for g in batch for r in g.rewards]
         self.records.append(StepRecord(
-            step=step, reward=statistics.fmean(rewards) if rewards else 0.0,
+            step=self.first_step + step, reward=statistics.fmean(rewards) if rewards else 0.0,
             success=self.schedule.success(step), seconds=times,
             policy_age_max=max((current - g.policy_version for g in batch), default=0),
             samples=len(rewards), loss=float(stats.get("loss", 0.0))))
@@ -299,8 +310,9 @@ async def run_loop(config: LoopConfig, services: Services,
                    prompt_source: Callable[[int], list[Prompt]], log: Callable[[str], Any] = print,
                    before_step: Callable[[int], Any] | None = None,
                    on_step: Callable[[StepRecord], Any] | None = None) -> RunResult:
-    """Run ``config.steps`` training steps; see the module docstring. ``before_step(step)``
-    (may be async) runs before each step, ``on_step(record)`` after each."""
+    """Run training steps ``config.first_step`` to ``config.steps - 1``; see the module
+    docstring. ``before_step(step)`` (may be async) runs before each step, ``on_step(record)``
+    after each."""
     loop = _Loop(config, services, prompt_source, log, before_step, on_step)
     result = await loop.run()
     result.dropped_stale = (await services.buffer.stats.call_one())["dropped_stale"]

@@ -68,7 +68,8 @@ class RolloutSchedule:
     """
 
     def __init__(self, prompt_source: Callable[[int], list[Prompt]], chunks_per_step: int,
-                 max_policy_age: int, seed: int = 0, max_consecutive_failures: int = 20):
+                 max_policy_age: int, seed: int = 0, max_consecutive_failures: int = 20,
+                 first_index: int = 0):
         if chunks_per_step < 1:
             raise ValueError("chunks_per_step must be >= 1")
         self.prompt_source = prompt_source
@@ -77,7 +78,8 @@ class RolloutSchedule:
         self.seed = seed
         self.max_consecutive_failures = max_consecutive_failures
         self.live_version = 0  # every healthy replica serves this version or newer
-        self.next_index = 0
+        self.first_index = first_index  # a resumed run's chunks go on from its checkpoint's
+        self.next_index = first_index
         self.launched: dict[int, int] = {}  # step -> chunks out or in (failed ones not counted)
         self.succeeded: dict[int, int] = {}
         self.groups: dict[int, int] = {}  # step -> scored groups added to the buffer

@@ -41,6 +41,8 @@ def step_line(record: StepRecord, steps: int) -> str:
 
 async def run(cfg: GRPOConfig, log=print) -> dict:
     """One run; returns what ``--json`` writes (the loop's run plus the trainer's stats)."""
+    from forge_rl.hf import checkpoint_step  # torch: not imported before a run starts
+
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     logs = {"logs": "file", "log_file": str(output / "engines.log")}
@@ -51,9 +53,11 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     settings = {**dataclasses.asdict(cfg), "device": device}
     policy_dir = cfg.resume or cfg.model  # replicas start from the weights the trainer has
+    first_step = checkpoint_step(cfg.resume) if cfg.resume else 0
     started = time.perf_counter()
     log(f"forge grpo ({cfg.mode}): {cfg.model}, {cfg.policy_replicas} policy replica(s), "
-        f"beta {cfg.beta}" + (f", resuming {cfg.resume}" if cfg.resume else ""))
+        f"beta {cfg.beta}" + (f", resuming {cfg.resume} at step {first_step + 1}"
+                              if cfg.resume else ""))
     registry = this_proc().spawn("latest_weights", LatestWeights)
     reference = None
     if cfg.beta > 0:  # beta 0: no KL term, and no reference model is started
@@ -81,7 +85,7 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
         loop_config = LoopConfig(mode=cfg.mode, steps=cfg.steps, chunks_per_step=chunks,
                                  group_size=cfg.group_size, max_tokens=cfg.max_tokens,
                                  temperature=cfg.temperature, max_policy_age=cfg.max_policy_age,
-                                 rollout_loops=chunks, seed=cfg.seed)
+                                 rollout_loops=chunks, seed=cfg.seed, first_step=first_step)
         result: RunResult = await run_loop(loop_config, services,
                                            prompt_source(cfg, cfg.prompts_per_step // chunks),
                                            log=log, on_step=on_step)
@@ -101,7 +105,7 @@ async def run(cfg: GRPOConfig, log=print) -> dict:
         if reference is not None:
             await Reference.shutdown(reference)
     report = result.to_json()
-    report.update({"losses": losses, "checkpoint": checkpoint,
+    report.update({"first_step": first_step, "losses": losses, "checkpoint": checkpoint,
                    "weights_changed": digest_after != digest_before,
                    "reference": reference is not None, "sync_max_abs_diff": sync_error,
                    "generator": engine, "device": device, "weight_sync_backends": backends})

@@ -32,9 +32,11 @@ def grpo(tmp_path, *args: str, timeout: float = 150) -> subprocess.CompletedProc
 def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {models[arch]}\nsteps: 3\n")
+    # qwen3 runs lock-step and keeps step 2's checkpoint: a resumed run must repeat step 3.
+    more = ["mode=sync", "checkpoint_every=2"] if arch == "qwen3" else []
     beta = ["beta=0"] if arch == "llama" else []  # beta 0: no reference model at all
     report_path = tmp_path / "run.json"
-    done = grpo(tmp_path, "--config", str(config), *beta, f"output={tmp_path / 'out'}",
+    done = grpo(tmp_path, "--config", str(config), *beta, *more, f"output={tmp_path / 'out'}",
                 "--json", str(report_path))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -51,15 +53,14 @@ def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
     checkpoint = report["checkpoint"]
     assert os.path.isfile(os.path.join(checkpoint, "trainer_state.pt"))
     assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
-    if arch == "qwen3":  # resume from it (vLLM serves the checkpoint): the step count goes on
-        again = tmp_path / "again.json"
-        done = grpo(tmp_path, "--config", str(config), f"resume={checkpoint}", "steps=2",
-                    f"output={tmp_path / 'out2'}", "--json", str(again))
-        assert done.returncode == 0, done.stderr[-3000:]
-        resumed = json.loads(again.read_text())
-        assert resumed["checkpoint"].endswith("step-5")
-        # No sample goes stale at the seam: every step of the resumed run trains on a batch.
-        assert all(s["samples"] > 0 for s in resumed["steps"]), resumed["steps"]
+    if arch == "qwen3":  # resume from step 2 (vLLM serves that checkpoint): the same step 3
+        resumed = resume_from(tmp_path, config, os.path.join(checkpoint, "..", "step-2"))
+        assert resumed["first_step"] == 2 and len(resumed["steps"]) == 1
+        assert resumed["checkpoint"].endswith("step-3")
+        # The uninterrupted run's step 3: its prompts, samples, loss and the weights after it.
+        assert resumed["steps"][0]["samples"] == report["steps"][2]["samples"]
+        assert abs(resumed["losses"][0] - report["losses"][2]) < 1e-5, (resumed, report)
+        assert max_weight_difference(checkpoint, resumed["checkpoint"]) < 1e-5
     if arch == "llama":  # the transformers generator, where vLLM is missing, runs the same
         plain = tmp_path / "plain.json"
         done = grpo(tmp_path, "--config", str(config), "steps=1", "beta=0", "generator=torch",
@@ -67,6 +68,25 @@ def test_three_grpo_steps_through_the_cli(models, arch, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(plain.read_text())
         assert report["generator"] == "torch" and report["sync_max_abs_diff"] < 1e-5
+
+
+def resume_from(tmp_path, config, checkpoint: str) -> dict:
+    """``forge grpo`` again with the same config (steps=3 in all) from ``checkpoint``."""
+    again = tmp_path / "again.json"
+    done = grpo(tmp_path, "--config", str(config), "mode=sync", f"resume={checkpoint}",
+                f"output={tmp_path / 'out2'}", "--json", str(again))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stdout and "step   3/3" in done.stdout, done.stdout
+    return json.loads(again.read_text())
+
+
+def max_weight_difference(a: str, b: str) -> float:
+    from safetensors.torch import load_file
+
+    [x], [y] = ([load_file(os.path.join(d, f)) for f in os.listdir(d)
+                 if f.endswith(".safetensors")] for d in (a, b))
+    assert x.keys() == y.keys()
+    return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -54,6 +54,20 @@ def test_a_bad_config_fails_at_once_naming_the_key_or_path(models, tmp_path, tex
     assert time.monotonic() - started < 2.0  # checked before anything starts
 
 
+def test_resuming_a_checkpoint_that_has_every_step_already_says_to_raise_steps(models,
+                                                                              tmp_path):
+    done = tmp_path / "step-3"  # what `forge grpo` saves after its third step
+    done.mkdir()
+    for name in os.listdir(models["llama"]):
+        os.symlink(os.path.join(models["llama"], name), done / name)
+    (done / "trainer_state.pt").write_bytes(b"")
+    (done / "trainer_state.json").write_text('{"step": 3}')
+    path = write(tmp_path / "run.yaml", f"model: {models['llama']}\nsteps: 3\n")
+    with pytest.raises(grpo_config.ConfigError, match="saved at step 3.*raise steps above 3"):
+        grpo_config.load(path, [f"resume={done}"])
+    assert grpo_config.load(path, [f"resume={done}", "steps=5"]).resume == str(done)
+
+
 def test_a_model_vllm_cannot_serve_is_refused_unless_the_torch_generator_is_asked(models,
                                                                                    tmp_path):
     odd = tmp_path / "gpt2ish"
