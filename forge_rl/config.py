@@ -21,6 +21,15 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCaus
 MIN_CPU_HEAD_DIM = 32  # vLLM's CPU attention kernels need a head size of at least 32
 
 
+TRAINER_STEP = "trainer_state.json"  # beside a checkpoint: its step, readable without torch
+
+
+def checkpoint_step(path: str) -> int:
+    """The training step the checkpoint at ``path`` was saved at."""
+    with open(os.path.join(path, TRAINER_STEP)) as f:
+        return int(json.load(f)["step"])
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key or path and what to do."""
 
@@ -119,14 +128,13 @@ def check(cfg: GRPOConfig) -> None:
         check_servable(model_config, cfg.model)
     if cfg.resume:
         check_model_dir(cfg.resume, "resume")
-        state = os.path.join(cfg.resume, "trainer_state.json")
+        state = os.path.join(cfg.resume, TRAINER_STEP)
         optimizer = os.path.join(cfg.resume, "trainer_state.pt")
         if not (os.path.isfile(state) and os.path.isfile(optimizer)):
             raise ConfigError(f"resume: {cfg.resume!r} has no trainer_state.pt and "
                               f"trainer_state.json: it is not a checkpoint that `forge grpo` "
                               f"wrote")
-        with open(state) as f:
-            done = int(json.load(f)["step"])
+        done = checkpoint_step(cfg.resume)
         if done >= cfg.steps:
             raise ConfigError(f"resume: {cfg.resume!r} was saved at step {done}, and steps="
                               f"{cfg.steps} counts the run's steps in all, so none are left; "

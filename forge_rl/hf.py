@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from forge_rl.config import TRAINER_STEP
+
 TRAINER_STATE = "trainer_state.pt"  # beside the HF files of a checkpoint
-TRAINER_STEP = "trainer_state.json"  # its step, readable without torch (config checks)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,12 +81,6 @@ def save_checkpoint(path: str, model, tokenizer, optimizer, step: int) -> str:
     with open(os.path.join(path, TRAINER_STEP), "w") as f:
         json.dump({"step": step}, f)
     return path
-
-
-def checkpoint_step(path: str) -> int:
-    """The training step a checkpoint was saved at."""
-    with open(os.path.join(path, TRAINER_STEP)) as f:
-        return int(json.load(f)["step"])
 
 
 def load_trainer_state(path: str, optimizer) -> int:

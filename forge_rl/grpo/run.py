@@ -12,7 +12,7 @@ from forge_core.actor import this_proc
 from forge_core.observe import record_metric
 
 from forge_rl.buffer import ReplayBuffer
-from forge_rl.config import GRPOConfig, data_path, resolve_device
+from forge_rl.config import GRPOConfig, checkpoint_step, data_path, resolve_device
 from forge_rl.loop import LoopConfig, RunResult, Services, StepRecord, run_loop
 from forge_rl.tasks.gsm8k import load_problems
 from forge_rl.types import Prompt
@@ -41,8 +41,6 @@ def step_line(record: StepRecord, steps: int) -> str:
 
 async def run(cfg: GRPOConfig, log=print) -> dict:
     """One run; returns what ``--json`` writes (the loop's run plus the trainer's stats)."""
-    from forge_rl.hf import checkpoint_step  # torch: not imported before a run starts
-
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     logs = {"logs": "file", "log_file": str(output / "engines.log")}
